@@ -1,0 +1,175 @@
+// dr_kernels.h — the one public header of DualReplay's C kernels.
+//
+// Conventions (see STYLE.md):
+// - Layers are pairs dr_<op>_forward / dr_<op>_backward. Arguments come in the order
+//   outputs, saved values, inputs, weights, sizes.
+// - Row-major; linear weights in the PyTorch (out, in) layout so safetensors load as-is.
+// - Sequences are PACKED: a batch of B sequences is N = cu_seqlens[B] token rows, sequence b
+//   owning rows [cu_seqlens[b], cu_seqlens[b+1]). Nothing is padded, so padding can never
+//   change a result.
+// - Backward functions ADD into gradient buffers; the caller zeroes them. A NULL weight
+//   gradient means "frozen": that GEMM is skipped, the input gradient is still produced.
+// - Kernels never allocate, print, or set thread counts; the caller plans workspaces.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// BLAS (blas.c): every BLAS call of the project goes through here.
+
+void dr_blas_set_threads(int n);
+int dr_blas_get_threads(void);
+// C (M,N) = alpha * op(A) * op(B) + beta * C, row-major, transA/transB 0 or 1.
+void dr_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+              float *C, int64_t ldc);
+
+// out (N,OC) = inp (N,C) · weight(OC,C)ᵀ + bias(OC); bias may be NULL.
+void dr_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int64_t N, int64_t C, int64_t OC);
+// dinp (N,C) += dout · weight; dweight (OC,C) += doutᵀ · inp; dbias (OC) += Σ_rows dout.
+// Any of dinp, dweight, dbias may be NULL (skipped).
+void dr_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, int64_t N, int64_t C, int64_t OC);
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise and normalisation (ops.c)
+
+// out (N,C) = LayerNorm(inp) * w + b; mean, rstd (N) saved for backward (may be NULL).
+void dr_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *w, const float *b, int64_t N, int64_t C, float eps);
+// dinp (N,C) += ...; dw, db (C) += ... (dw/db may be NULL).
+void dr_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                           const float *inp, const float *w, const float *mean,
+                           const float *rstd, int64_t N, int64_t C);
+
+// Exact (erf) GELU, as BERT's "gelu".
+void dr_gelu_forward(float *out, const float *inp, int64_t n);
+// dinp += dout * gelu'(inp)
+void dr_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+
+// out = a + b
+void dr_residual_forward(float *out, const float *a, const float *b, int64_t n);
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings and attention (encoder.c, attention.c)
+
+// out (N,C) = wte[ids] + wpe[position within its sequence] + wtt[type_ids or 0].
+// type_ids may be NULL (all zero).
+void dr_embeddings_forward(float *out, const int32_t *ids, const int32_t *type_ids,
+                           const int64_t *cu_seqlens, int64_t B, const float *wte,
+                           const float *wpe, const float *wtt, int64_t C);
+// Scatter-add into dwte/dwpe/dwtt (each may be NULL).
+void dr_embeddings_backward(float *dwte, float *dwpe, float *dwtt, const float *dout,
+                            const int32_t *ids, const int32_t *type_ids,
+                            const int64_t *cu_seqlens, int64_t B, int64_t C);
+
+// Number of floats the attention probabilities of one layer need: NH * Σ_b T_b².
+int64_t dr_attention_prob_size(const int64_t *cu_seqlens, int64_t B, int64_t NH);
+// qkv (N,3C) holds [q | k | v] per row, head h in columns h*HS..(h+1)*HS of each block.
+// out (N,C) = softmax(q kᵀ / sqrt(HS)) v per sequence and head; probs saved (prob_size).
+void dr_attention_forward(float *out, float *probs, const float *qkv,
+                          const int64_t *cu_seqlens, int64_t B, int64_t C, int64_t NH);
+// dqkv (N,3C) += ...; dprobs_scratch needs max_b T_b floats.
+void dr_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                           const float *probs, const int64_t *cu_seqlens, int64_t B,
+                           int64_t C, int64_t NH);
+
+// ---------------------------------------------------------------------------------------------
+// Pooling (encoder.c)
+
+// out (B,C) = mean of each sequence's rows.
+void dr_mean_pool_forward(float *out, const float *inp, const int64_t *cu_seqlens, int64_t B,
+                          int64_t C);
+void dr_mean_pool_backward(float *dinp, const float *dout, const int64_t *cu_seqlens,
+                           int64_t B, int64_t C);
+// out (B,C) = first row ([CLS]) of each sequence.
+void dr_cls_pool_forward(float *out, const float *inp, const int64_t *cu_seqlens, int64_t B,
+                         int64_t C);
+// out (B,C) = inp / max(||inp||, 1e-12) row-wise (as torch.nn.functional.normalize).
+void dr_l2_normalize_forward(float *out, const float *inp, int64_t B, int64_t C);
+
+// ---------------------------------------------------------------------------------------------
+// The BERT encoder (encoder.c)
+
+typedef struct {
+    int64_t n_layers;      // L
+    int64_t hidden;        // C
+    int64_t n_heads;       // NH
+    int64_t intermediate;  // I
+    int64_t vocab;         // V
+    int64_t max_positions; // P
+    int64_t type_vocab;    // TV
+    float ln_eps;
+} dr_bert_config;
+
+#define DR_BERT_NUM_PARAMS 17
+// All parameters of the frozen encoder, in ONE arena. Gradients and optimizer moments of a
+// full fine-tune use the same layout (dr_bert_params_point on another base pointer).
+typedef struct {
+    float *wte;          // (V, C)
+    float *wpe;          // (P, C)
+    float *wtt;          // (TV, C)
+    float *ln_e_w;       // (C)
+    float *ln_e_b;       // (C)
+    float *qkv_w;        // (L, 3C, C)   query, key, value stacked
+    float *qkv_b;        // (L, 3C)
+    float *ao_w;         // (L, C, C)    attention.output.dense
+    float *ao_b;         // (L, C)
+    float *ln1_w;        // (L, C)       attention.output.LayerNorm
+    float *ln1_b;        // (L, C)
+    float *fc_w;         // (L, I, C)    intermediate.dense
+    float *fc_b;         // (L, I)
+    float *proj_w;       // (L, C, I)    output.dense
+    float *proj_b;       // (L, C)
+    float *ln2_w;        // (L, C)       output.LayerNorm
+    float *ln2_b;        // (L, C)
+} dr_bert_params;
+
+// Fills sizes[DR_BERT_NUM_PARAMS] (floats, in struct order) and returns their sum.
+size_t dr_bert_param_sizes(const dr_bert_config *cfg, size_t *sizes);
+void dr_bert_params_point(dr_bert_params *p, float *base, const dr_bert_config *cfg);
+
+#define DR_BERT_NUM_ACTS 17
+// Activations saved by the forward pass for the backward pass, for N tokens.
+typedef struct {
+    float *emb;          // (N, C)     embedding sum before its LayerNorm
+    float *emb_mean;     // (N)
+    float *emb_rstd;     // (N)
+    float *hidden;       // (L+1, N, C) hidden[0] = embedding output, hidden[l+1] = layer l output
+    float *qkv;          // (L, N, 3C)
+    float *probs;        // (L, PS)    attention probabilities, PS = dr_attention_prob_size
+    float *atty;         // (L, N, C)  attention context (before attention.output.dense)
+    float *res1;         // (L, N, C)  attention output + layer input (LayerNorm 1 input)
+    float *ln1;          // (L, N, C)  LayerNorm 1 output
+    float *ln1_mean;     // (L, N)
+    float *ln1_rstd;     // (L, N)
+    float *fch;          // (L, N, I)  intermediate before GELU
+    float *fch_gelu;     // (L, N, I)
+    float *res2;         // (L, N, C)  feed-forward output + ln1 (LayerNorm 2 input)
+    float *ln2;          // (L, N, C)  LayerNorm 2 output (before an output adapter)
+    float *ln2_mean;     // (L, N)
+    float *ln2_rstd;     // (L, N)
+} dr_bert_acts;
+
+size_t dr_bert_act_sizes(const dr_bert_config *cfg, int64_t N, int64_t prob_size,
+                         size_t *sizes);
+void dr_bert_acts_point(dr_bert_acts *a, float *base, const dr_bert_config *cfg, int64_t N,
+                        int64_t prob_size);
+
+// Runs the frozen encoder on packed sequences; after it, acts->hidden holds every layer.
+// Layers [0, first_layer) are skipped when first_layer > 0 (their output must already be in
+// hidden[first_layer]), which lets a caller reuse a cached frozen prefix.
+void dr_bert_forward(dr_bert_acts *acts, const dr_bert_params *p, const dr_bert_config *cfg,
+                     const int32_t *ids, const int32_t *type_ids, const int64_t *cu_seqlens,
+                     int64_t B, int64_t first_layer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "dr_train.h"

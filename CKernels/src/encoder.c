@@ -1,0 +1,215 @@
+// encoder.c — embeddings, pooling and the BERT encoder forward over packed sequences.
+#include "dr_kernels.h"
+#include <math.h>
+#include <string.h>
+
+void dr_embeddings_forward(float *out, const int32_t *ids, const int32_t *type_ids,
+                           const int64_t *cu_seqlens, int64_t B, const float *wte,
+                           const float *wpe, const float *wtt, int64_t C) {
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t t = cu_seqlens[b]; t < cu_seqlens[b + 1]; t++) {
+            const float *we = wte + (int64_t)ids[t] * C;
+            const float *pe = wpe + (t - cu_seqlens[b]) * C;
+            const float *te = wtt + (int64_t)(type_ids ? type_ids[t] : 0) * C;
+            float *o = out + t * C;
+            for (int64_t c = 0; c < C; c++) o[c] = we[c] + pe[c] + te[c];
+        }
+    }
+}
+
+void dr_embeddings_backward(float *dwte, float *dwpe, float *dwtt, const float *dout,
+                            const int32_t *ids, const int32_t *type_ids,
+                            const int64_t *cu_seqlens, int64_t B, int64_t C) {
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t t = cu_seqlens[b]; t < cu_seqlens[b + 1]; t++) {
+            const float *d = dout + t * C;
+            if (dwte) {
+                float *g = dwte + (int64_t)ids[t] * C;
+                for (int64_t c = 0; c < C; c++) g[c] += d[c];
+            }
+            if (dwpe) {
+                float *g = dwpe + (t - cu_seqlens[b]) * C;
+                for (int64_t c = 0; c < C; c++) g[c] += d[c];
+            }
+            if (dwtt) {
+                float *g = dwtt + (int64_t)(type_ids ? type_ids[t] : 0) * C;
+                for (int64_t c = 0; c < C; c++) g[c] += d[c];
+            }
+        }
+    }
+}
+
+void dr_mean_pool_forward(float *out, const float *inp, const int64_t *cu_seqlens, int64_t B,
+                          int64_t C) {
+    for (int64_t b = 0; b < B; b++) {
+        float *o = out + b * C;
+        for (int64_t c = 0; c < C; c++) o[c] = 0.0f;
+        const int64_t T = cu_seqlens[b + 1] - cu_seqlens[b];
+        for (int64_t t = cu_seqlens[b]; t < cu_seqlens[b + 1]; t++) {
+            const float *x = inp + t * C;
+            for (int64_t c = 0; c < C; c++) o[c] += x[c];
+        }
+        const float inv = T > 0 ? 1.0f / (float)T : 0.0f;
+        for (int64_t c = 0; c < C; c++) o[c] *= inv;
+    }
+}
+
+void dr_mean_pool_backward(float *dinp, const float *dout, const int64_t *cu_seqlens,
+                           int64_t B, int64_t C) {
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t T = cu_seqlens[b + 1] - cu_seqlens[b];
+        if (T == 0) continue;
+        const float inv = 1.0f / (float)T;
+        const float *d = dout + b * C;
+        for (int64_t t = cu_seqlens[b]; t < cu_seqlens[b + 1]; t++) {
+            float *g = dinp + t * C;
+            for (int64_t c = 0; c < C; c++) g[c] += d[c] * inv;
+        }
+    }
+}
+
+void dr_cls_pool_forward(float *out, const float *inp, const int64_t *cu_seqlens, int64_t B,
+                         int64_t C) {
+    for (int64_t b = 0; b < B; b++) memcpy(out + b * C, inp + cu_seqlens[b] * C, C * sizeof(float));
+}
+
+void dr_l2_normalize_forward(float *out, const float *inp, int64_t B, int64_t C) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = inp + b * C;
+        double s = 0.0;
+        for (int64_t c = 0; c < C; c++) s += (double)x[c] * x[c];
+        double n = sqrt(s);
+        float inv = (float)(1.0 / (n > 1e-12 ? n : 1e-12));
+        for (int64_t c = 0; c < C; c++) out[b * C + c] = x[c] * inv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+size_t dr_bert_param_sizes(const dr_bert_config *cfg, size_t *s) {
+    const size_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
+    s[0] = cfg->vocab * C;
+    s[1] = cfg->max_positions * C;
+    s[2] = cfg->type_vocab * C;
+    s[3] = C;
+    s[4] = C;
+    s[5] = L * 3 * C * C;
+    s[6] = L * 3 * C;
+    s[7] = L * C * C;
+    s[8] = L * C;
+    s[9] = L * C;
+    s[10] = L * C;
+    s[11] = L * I * C;
+    s[12] = L * I;
+    s[13] = L * C * I;
+    s[14] = L * C;
+    s[15] = L * C;
+    s[16] = L * C;
+    size_t total = 0;
+    for (int i = 0; i < DR_BERT_NUM_PARAMS; i++) total += s[i];
+    return total;
+}
+
+void dr_bert_params_point(dr_bert_params *p, float *base, const dr_bert_config *cfg) {
+    size_t s[DR_BERT_NUM_PARAMS];
+    dr_bert_param_sizes(cfg, s);
+    float **ptrs[DR_BERT_NUM_PARAMS] = {
+        &p->wte,  &p->wpe,  &p->wtt,   &p->ln_e_w, &p->ln_e_b, &p->qkv_w,  &p->qkv_b, &p->ao_w, &p->ao_b,
+        &p->ln1_w, &p->ln1_b, &p->fc_w, &p->fc_b,   &p->proj_w, &p->proj_b, &p->ln2_w, &p->ln2_b};
+    for (int i = 0; i < DR_BERT_NUM_PARAMS; i++) {
+        *ptrs[i] = base;
+        base += s[i];
+    }
+}
+
+size_t dr_bert_act_sizes(const dr_bert_config *cfg, int64_t N, int64_t PS, size_t *s) {
+    const size_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
+    s[0] = N * C;            // emb
+    s[1] = N;                // emb_mean
+    s[2] = N;                // emb_rstd
+    s[3] = (L + 1) * N * C;  // hidden
+    s[4] = L * N * 3 * C;    // qkv
+    s[5] = L * PS;           // probs
+    s[6] = L * N * C;        // atty
+    s[7] = L * N * C;        // res1
+    s[8] = L * N * C;        // ln1
+    s[9] = L * N;            // ln1_mean
+    s[10] = L * N;           // ln1_rstd
+    s[11] = L * N * I;       // fch
+    s[12] = L * N * I;       // fch_gelu
+    s[13] = L * N * C;       // res2
+    s[14] = L * N * C;       // ln2
+    s[15] = L * N;           // ln2_mean
+    s[16] = L * N;           // ln2_rstd
+    size_t total = 0;
+    for (int i = 0; i < DR_BERT_NUM_ACTS; i++) total += s[i];
+    return total;
+}
+
+void dr_bert_acts_point(dr_bert_acts *a, float *base, const dr_bert_config *cfg, int64_t N,
+                        int64_t PS) {
+    size_t s[DR_BERT_NUM_ACTS];
+    dr_bert_act_sizes(cfg, N, PS, s);
+    float **ptrs[DR_BERT_NUM_ACTS] = {
+        &a->emb,  &a->emb_mean, &a->emb_rstd, &a->hidden,   &a->qkv,      &a->probs,
+        &a->atty, &a->res1,     &a->ln1,      &a->ln1_mean, &a->ln1_rstd, &a->fch,
+        &a->fch_gelu, &a->res2, &a->ln2,      &a->ln2_mean, &a->ln2_rstd};
+    for (int i = 0; i < DR_BERT_NUM_ACTS; i++) {
+        *ptrs[i] = base;
+        base += s[i];
+    }
+}
+
+void dr_bert_forward(dr_bert_acts *a, const dr_bert_params *p, const dr_bert_config *cfg,
+                     const int32_t *ids, const int32_t *type_ids, const int64_t *cu_seqlens,
+                     int64_t B, int64_t first_layer) {
+    const int64_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate, NH = cfg->n_heads;
+    const int64_t N = cu_seqlens[B];
+    const int64_t PS = dr_attention_prob_size(cu_seqlens, B, NH);
+    const float eps = cfg->ln_eps;
+    if (first_layer <= 0) {
+        dr_embeddings_forward(a->emb, ids, type_ids, cu_seqlens, B, p->wte, p->wpe, p->wtt, C);
+        dr_layernorm_forward(a->hidden, a->emb_mean, a->emb_rstd, a->emb, p->ln_e_w, p->ln_e_b,
+                             N, C, eps);
+        first_layer = 0;
+    }
+    for (int64_t l = first_layer; l < L; l++) {
+        const float *x = a->hidden + l * N * C;        // (N,C)
+        float *qkv = a->qkv + l * N * 3 * C;           // (N,3C)
+        float *probs = a->probs + l * PS;
+        float *atty = a->atty + l * N * C;             // (N,C)
+        float *res1 = a->res1 + l * N * C;
+        float *ln1 = a->ln1 + l * N * C;
+        float *fch = a->fch + l * N * I;               // (N,I)
+        float *fchg = a->fch_gelu + l * N * I;
+        float *res2 = a->res2 + l * N * C;
+        float *ln2 = a->ln2 + l * N * C;
+        float *out = a->hidden + (l + 1) * N * C;
+
+        dr_matmul_forward(qkv, x, p->qkv_w + l * 3 * C * C, p->qkv_b + l * 3 * C, N, C, 3 * C);
+        dr_attention_forward(atty, probs, qkv, cu_seqlens, B, C, NH);
+        // res1 = atty · Woᵀ + bo + x
+        memcpy(res1, x, N * C * sizeof(float));
+        {
+            const float *bo = p->ao_b + l * C;
+            for (int64_t i = 0; i < N; i++)
+                for (int64_t c = 0; c < C; c++) res1[i * C + c] += bo[c];
+            dr_sgemm(0, 1, N, C, C, 1.0f, atty, C, p->ao_w + l * C * C, C, 1.0f, res1, C);
+        }
+        dr_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, res1,
+                             p->ln1_w + l * C, p->ln1_b + l * C, N, C, eps);
+        dr_matmul_forward(fch, ln1, p->fc_w + l * I * C, p->fc_b + l * I, N, C, I);
+        dr_gelu_forward(fchg, fch, N * I);
+        // res2 = gelu · Wprojᵀ + bproj + ln1
+        memcpy(res2, ln1, N * C * sizeof(float));
+        {
+            const float *bp = p->proj_b + l * C;
+            for (int64_t i = 0; i < N; i++)
+                for (int64_t c = 0; c < C; c++) res2[i * C + c] += bp[c];
+            dr_sgemm(0, 1, N, C, I, 1.0f, fchg, I, p->proj_w + l * C * I, I, 1.0f, res2, C);
+        }
+        dr_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
+                             p->ln2_w + l * C, p->ln2_b + l * C, N, C, eps);
+        memcpy(out, ln2, N * C * sizeof(float));
+    }
+}

@@ -1,0 +1,53 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "DualReplay",
+    products: [
+        .library(name: "DualReplay", targets: ["DualReplay"]),
+        .executable(name: "dualreplay", targets: ["dualreplay"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+    ],
+    targets: [
+        // OpenBLAS through pkg-config; no absolute paths here.
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "Sources/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
+        ),
+        // The C kernels: encoder, attention, adapter, LoRA, router, losses, optimizer.
+        .target(
+            name: "CKernels",
+            dependencies: ["COpenBLAS"],
+            path: "CKernels",
+            sources: ["src"],
+            publicHeadersPath: "include",
+            linkerSettings: [.linkedLibrary("m")]
+        ),
+        .target(
+            name: "DualReplay",
+            dependencies: ["CKernels", .product(name: "Yams", package: "Yams")],
+            path: "Sources/DualReplay"
+        ),
+        .executableTarget(
+            name: "dualreplay",
+            dependencies: ["DualReplay", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/dualreplay"
+        ),
+        .executableTarget(
+            name: "dr-bench",
+            dependencies: ["DualReplay", "CKernels"],
+            path: "bench/Sources"
+        ),
+        .testTarget(
+            name: "DualReplayTests",
+            dependencies: ["DualReplay", "CKernels"],
+            path: "Tests/DualReplayTests"
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)
