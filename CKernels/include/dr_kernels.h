@@ -161,12 +161,83 @@ size_t dr_bert_act_sizes(const dr_bert_config *cfg, int64_t N, int64_t prob_size
 void dr_bert_acts_point(dr_bert_acts *a, float *base, const dr_bert_config *cfg, int64_t N,
                         int64_t prob_size);
 
-// Runs the frozen encoder on packed sequences; after it, acts->hidden holds every layer.
+// ---------------------------------------------------------------------------------------------
+// Trainable extensions of the frozen encoder (model.c): the task-conditioned gated adapter and
+// LoRA sets on the attention query/value projections. Per-slot tensors are given as arrays of
+// pointers so that each may live anywhere in the caller's parameter arena.
+
+typedef enum {
+    DR_ADAPTER_NONE = 0,
+    DR_ADAPTER_OUTPUT = 1,  // on the layer output: hidden[l+1] = ln2 + adapter(ln2)
+    DR_ADAPTER_FFN = 2,     // Houlsby: on the feed-forward output, before the residual LayerNorm
+} dr_adapter_place;
+
+typedef struct {
+    // gated adapter; slot[l] = adapter slot of layer l, -1 = none; S slots
+    int32_t adapter_place;           // dr_adapter_place
+    int32_t adapter_act;             // dr_act
+    int64_t R;                       // bottleneck size
+    int64_t K;                       // rows of each gate table (domains)
+    const int32_t *slot;             // (L)
+    const float *const *W_down;      // (S) -> (R,C)
+    const float *const *b_down;      // (S) -> (R)
+    const float *const *W_up;        // (S) -> (C,R)
+    const float *const *b_up;        // (S) -> (C)
+    const float *const *G;           // (S) -> (K,R) gate table
+    const float *P;                  // (B,K) soft routing, or NULL for hard routing by gate_ids
+    const int32_t *gate_ids;         // (B)
+    // LoRA sets (all active; O-LoRA freezes earlier ones through NULL gradients)
+    int64_t n_lora;
+    int64_t lora_R;
+    const float *const *lora_A;      // (n_lora*L*2): [set][layer][0 = query, 1 = value] -> (R,C)
+    const float *const *lora_B;      // same indexing -> (C,R)
+    const float *lora_scale;         // (n_lora) alpha / r
+} dr_bert_ext;
+
+typedef struct {
+    float *const *dW_down, *const *db_down, *const *dW_up, *const *db_up, *const *dG;  // (S), entries may be NULL
+    float *dP;                       // (B,K) or NULL
+    float *const *dlora_A, *const *dlora_B;  // (n_lora*L*2), entries may be NULL
+} dr_bert_ext_grads;
+
+// Saved activations of the extensions, for S adapter slots and n_lora sets.
+typedef struct {
+    float *a_pre;    // (S,N,R)
+    float *a_act;    // (S,N,R)
+    float *a_gmix;   // (S,B,R)
+    float *a_inp;    // (S,N,C) adapter input (FFN placement only; the output placement uses ln2)
+    float *lora_xa;  // (n_lora,L,2,N,R)
+} dr_ext_acts;
+
+size_t dr_ext_act_size(const dr_bert_config *cfg, const dr_bert_ext *ext, int64_t S, int64_t N,
+                       int64_t B);
+void dr_ext_acts_point(dr_ext_acts *a, float *base, const dr_bert_config *cfg,
+                       const dr_bert_ext *ext, int64_t S, int64_t N, int64_t B);
+
+// Runs the encoder on packed sequences; after it, acts->hidden holds every layer's output.
 // Layers [0, first_layer) are skipped when first_layer > 0 (their output must already be in
-// hidden[first_layer]), which lets a caller reuse a cached frozen prefix.
-void dr_bert_forward(dr_bert_acts *acts, const dr_bert_params *p, const dr_bert_config *cfg,
+// hidden[first_layer]: a cached frozen prefix). ext/xacts may be NULL (the plain encoder).
+// scratch: dr_bert_forward_scratch_size floats (may be NULL when ext is NULL).
+size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext *ext, int64_t N,
+                                    int64_t B);
+void dr_bert_forward(dr_bert_acts *acts, dr_ext_acts *xacts, float *scratch,
+                     const dr_bert_params *p, const dr_bert_ext *ext, const dr_bert_config *cfg,
                      const int32_t *ids, const int32_t *type_ids, const int64_t *cu_seqlens,
                      int64_t B, int64_t first_layer);
+
+// Scratch floats dr_bert_backward needs for N tokens whose longest sequence has max_T tokens.
+size_t dr_bert_backward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext *ext,
+                                     int64_t N, int64_t B, int64_t max_T);
+// Backward from dtop (N,C) = dLoss/d hidden[L]. Output adapters are back-propagated in every
+// layer that has one; the internals of layer l only for l >= stop_layer (nothing below
+// trains). Weight gradients are ADDED into g's tensors (g == NULL or a NULL tensor = frozen: its
+// GEMM is skipped) and into xg's. Embedding gradients (scatter-add) only when stop_layer == 0 and
+// g has them. d hidden[max(stop_layer,0)] is copied to dhidden_out when non-NULL.
+void dr_bert_backward(dr_bert_params *g, dr_bert_ext_grads *xg, float *dhidden_out,
+                      float *scratch, const float *dtop, const dr_bert_acts *acts,
+                      const dr_ext_acts *xacts, const dr_bert_params *p, const dr_bert_ext *ext,
+                      const dr_bert_config *cfg, const int32_t *ids, const int32_t *type_ids,
+                      const int64_t *cu_seqlens, int64_t B, int64_t stop_layer);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,228 @@
+// adapter.c — the task-conditioned gated bottleneck adapter.
+//
+// One bottleneck (W_down, W_up) is shared by every domain; what a domain owns is one row of the
+// gate table G, which scales the bottleneck's R channels. A sequence's gate is either the row of
+// its domain (hard routing, gate_ids) or the router's probability-weighted mix of rows (soft
+// routing, P). The gate is per sequence, so it is applied per block of packed rows.
+#include "dr_kernels.h"
+#include <math.h>
+#include <string.h>
+
+#define DR_INV_SQRT_2PI 0.39894228040143267794f
+
+int64_t dr_adapter_scratch_size(int64_t N, int64_t R, int64_t B) { return N * R + B * R; }
+
+// ---------------------------------------------------------------------------------------------
+// A GELU the compiler can vectorise. libm's erff/expf are opaque calls that keep the N·R loops
+// scalar (about as slow as the adapter's GEMMs); these are branch-free float arithmetic with the
+// same accuracy as 0.5·x·(1 + erff(x/√2)) in float (max error ~1e-7 for GELU and GELU').
+
+// exp(x) for x <= 0: 2^n · e^r with n = round(x / ln 2), |r| <= ln2/2, e^r by its degree-7
+// Taylor polynomial (relative error < 1e-8). Below -87 the result stays at ~1e-38, which is 0
+// for every use here. NaN propagates (and is never converted to an integer).
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float t = x * 1.44269504088896341f;                  // x · log2(e)
+    float n = (t + 12582912.0f) - 12582912.0f;                 // round to nearest (1.5·2^23)
+    n = n > -127.0f ? n : -127.0f;                             // also maps NaN to a valid int
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // x - n·ln2, ln2 split in two
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) * (1 << 23);
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+// Φ(x), the standard normal CDF, given e = exp(-x²/2). Φ(-y) = e · m(y) for y >= 0, where
+// m(y) = Φ(-y)·exp(y²/2) is smooth and in [0.064, 0.5] on [0, 6]; it is evaluated as a degree-16
+// polynomial in u = y/3 - 1, a Chebyshev least-squares fit (weighted by 1/m) converted to
+// powers of u. Computing the lower tail as a product keeps it accurate relative to its size.
+// Past |x| = 6 the tail e·m is below 1e-9 and m is held at m(6).
+static inline float normal_cdf(float x, float e) {
+    static const float M[17] = {
+        1.855561114e-04f, -4.431138586e-04f, 1.166947493e-04f, 8.167988164e-05f,
+        1.025025967e-03f, -2.279925257e-03f, 2.986016170e-03f, -4.735386352e-03f,
+        8.303097673e-03f, -1.346751284e-02f, 2.080094778e-02f, -3.118065916e-02f,
+        4.505138410e-02f, -6.238413224e-02f, 8.240698392e-02f, -1.032012894e-01f,
+        1.215139476e-01f,
+    };
+    float y = fabsf(x);
+    y = y > 6.0f ? 6.0f : y;
+    const float u = y * (1.0f / 3.0f) - 1.0f;
+    float m = M[0];
+    for (int k = 1; k < 17; k++) m = m * u + M[k];
+    const float tail = e * m; // Φ(-|x|)
+    return x < 0.0f ? tail : 1.0f - tail;
+}
+
+// a (n) = act(pre)
+static void act_forward(float *restrict a, const float *restrict pre, int64_t n, dr_act act) {
+    switch (act) {
+    case DR_ACT_RELU:
+        for (int64_t i = 0; i < n; i++) a[i] = pre[i] < 0.0f ? 0.0f : pre[i]; // NaN stays NaN
+        break;
+    case DR_ACT_IDENTITY:
+        memcpy(a, pre, (size_t)n * sizeof(float));
+        break;
+    default:
+        for (int64_t i = 0; i < n; i++) {
+            const float x = pre[i];
+            a[i] = x * normal_cdf(x, exp_nonpositive(-0.5f * x * x));
+        }
+        break;
+    }
+}
+
+// gmix (B,R) = P (B,K) · G (K,R), or the rows G[gate_ids[b]] when P is NULL.
+static void gate_mix(float *restrict gmix, const float *P, const int32_t *gate_ids,
+                     const float *G, int64_t B, int64_t R, int64_t K) {
+    if (P) {
+        dr_sgemm(0, 0, B, R, K, 1.0f, P, K, G, R, 0.0f, gmix, R);
+    } else {
+        for (int64_t b = 0; b < B; b++)
+            memcpy(gmix + b * R, G + (int64_t)gate_ids[b] * R, (size_t)R * sizeof(float));
+    }
+}
+
+// z (N,R) = gmix[b] ⊙ a for the rows of each sequence b.
+static void gate_rows(float *restrict z, const float *restrict a, const float *restrict gmix,
+                      const int64_t *cu_seqlens, int64_t B, int64_t R) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *g = gmix + b * R;
+        for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; i++) {
+            const float *ai = a + i * R;
+            float *zi = z + i * R;
+            for (int64_t r = 0; r < R; r++) zi[r] = g[r] * ai[r];
+        }
+    }
+}
+
+void dr_adapter_forward(float *restrict out, float *restrict pre, float *restrict act_out,
+                        float *restrict gmix, float *restrict scratch, const float *inp,
+                        const int64_t *cu_seqlens, const float *P, const int32_t *gate_ids,
+                        const float *W_down, const float *b_down, const float *W_up,
+                        const float *b_up, const float *G, dr_act act, int64_t B, int64_t C,
+                        int64_t R, int64_t K) {
+    const int64_t N = cu_seqlens[B];
+    float *z = scratch; // (N,R)
+
+    dr_matmul_forward(pre, inp, W_down, b_down, N, C, R); // pre (N,R)
+    act_forward(act_out, pre, N * R, act);
+    gate_mix(gmix, P, gate_ids, G, B, R, K);
+    gate_rows(z, act_out, gmix, cu_seqlens, B, R);
+
+    // out = h + b_up, then out += z · W_upᵀ in one GEMM.
+    for (int64_t i = 0; i < N; i++) {
+        const float *x = inp + i * C;
+        float *o = out + i * C;
+        if (b_up) {
+            for (int64_t j = 0; j < C; j++) o[j] = x[j] + b_up[j];
+        } else {
+            memcpy(o, x, (size_t)C * sizeof(float));
+        }
+    }
+    dr_sgemm(0, 1, N, C, R, 1.0f, z, R, W_up, R, 1.0f, out, C);
+}
+
+// d (N,R) *= gmix[b] ⊙ act'(pre), turning dz into dpre in place.
+static void dz_to_dpre(float *restrict d, const float *restrict pre, const float *restrict gmix,
+                       const int64_t *cu_seqlens, int64_t B, int64_t R, dr_act act) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *g = gmix + b * R;
+        const int64_t r0 = cu_seqlens[b] * R, r1 = cu_seqlens[b + 1] * R;
+        switch (act) {
+        case DR_ACT_RELU:
+            for (int64_t i = r0; i < r1; i += R) {
+                for (int64_t r = 0; r < R; r++) d[i + r] *= g[r] * (float)(pre[i + r] > 0.0f);
+            }
+            break;
+        case DR_ACT_IDENTITY:
+            for (int64_t i = r0; i < r1; i += R) {
+                for (int64_t r = 0; r < R; r++) d[i + r] *= g[r];
+            }
+            break;
+        default:
+            for (int64_t i = r0; i < r1; i += R) {
+                for (int64_t r = 0; r < R; r++) {
+                    // GELU'(x) = Φ(x) + x·φ(x), both from one exponential
+                    const float x = pre[i + r];
+                    const float e = exp_nonpositive(-0.5f * x * x);
+                    d[i + r] *= g[r] * (normal_cdf(x, e) + x * (DR_INV_SQRT_2PI * e));
+                }
+            }
+            break;
+        }
+    }
+}
+
+void dr_adapter_backward(float *dinp, float *dW_down, float *db_down, float *dW_up, float *db_up,
+                         float *dG, float *dP, float *restrict scratch, const float *dout,
+                         const float *pre, const float *act_out, const float *gmix,
+                         const float *inp, const int64_t *cu_seqlens, const float *P,
+                         const int32_t *gate_ids, const float *W_down, const float *W_up,
+                         const float *G, dr_act act, int64_t B, int64_t C, int64_t R,
+                         int64_t K) {
+    const int64_t N = cu_seqlens[B];
+    float *dz = scratch;        // (N,R): z, then dz, then dpre
+    float *dg = scratch + N * R; // (B,R): gradient of each sequence's gate
+    if (!P) dP = NULL;
+
+    // Up projection: dW_up (C,R) += doutᵀ · z, z rebuilt from the saved a and gmix.
+    if (dW_up) {
+        gate_rows(dz, act_out, gmix, cu_seqlens, B, R);
+        dr_sgemm(1, 0, C, R, N, 1.0f, dout, C, dz, R, 1.0f, dW_up, R);
+    }
+    if (db_up) {
+        for (int64_t i = 0; i < N; i++) {
+            const float *d = dout + i * C;
+            for (int64_t j = 0; j < C; j++) db_up[j] += d[j];
+        }
+    }
+    // Residual path.
+    if (dinp) {
+        for (int64_t i = 0; i < N * C; i++) dinp[i] += dout[i];
+    }
+
+    const int need_gate = dG != NULL || dP != NULL;
+    const int need_down = dinp != NULL || dW_down != NULL || db_down != NULL;
+    if (!need_gate && !need_down) return;
+
+    dr_sgemm(0, 0, N, R, C, 1.0f, dout, C, W_up, R, 0.0f, dz, R); // dz (N,R) = dout · W_up
+
+    if (need_gate) {
+        // dg_b (R) = Σ_{rows of b} dz ⊙ a
+        for (int64_t b = 0; b < B; b++) {
+            float *g = dg + b * R;
+            for (int64_t r = 0; r < R; r++) g[r] = 0.0f;
+            for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; i++) {
+                const float *di = dz + i * R;
+                const float *ai = act_out + i * R;
+                for (int64_t r = 0; r < R; r++) g[r] += di[r] * ai[r];
+            }
+        }
+        if (dG) {
+            if (P) {
+                dr_sgemm(1, 0, K, R, B, 1.0f, P, K, dg, R, 1.0f, dG, R); // dG += Pᵀ · dg
+            } else {
+                for (int64_t b = 0; b < B; b++) {
+                    float *row = dG + (int64_t)gate_ids[b] * R;
+                    const float *g = dg + b * R;
+                    for (int64_t r = 0; r < R; r++) row[r] += g[r];
+                }
+            }
+        }
+        if (dP) dr_sgemm(0, 1, B, K, R, 1.0f, dg, R, G, R, 1.0f, dP, K); // dP += dg · Gᵀ
+    }
+
+    if (need_down) {
+        dz_to_dpre(dz, pre, gmix, cu_seqlens, B, R, act);
+        dr_matmul_backward(dinp, dW_down, db_down, dz, inp, W_down, N, C, R);
+    }
+}

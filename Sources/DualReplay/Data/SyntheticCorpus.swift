@@ -1,0 +1,513 @@
+// A built-in corpus for the demo and the tests: a support assistant for many product domains.
+// Every domain is a brand (made from syllables, so there can be hundreds) selling one kind of
+// product; its intents are verb-phrase templates filled with the domain's vocabulary. Many intent
+// names (cancel, refund, reset, upgrade, status, ...) recur in most domains as "<domain>.cancel",
+// so only the domain's words tell them apart: the confusion continual learning has to survive.
+import Foundation
+
+public struct SyntheticConfig: Codable, Hashable, Sendable {
+    public var domains: Int
+    /// Clamped to the number of intent kinds a domain's product admits (at least 14).
+    public var intentsPerDomain: Int
+    /// Training examples per intent for the first (head) domain; see `headTailSkew`.
+    public var trainPerIntent: Int
+    public var valPerIntent: Int
+    public var testPerIntent: Int
+    public var seed: UInt64
+    /// Zipf-like exponent s: domain k (0-based) gets max(1, round(trainPerIntent / (k+1)^s)) training
+    /// examples per intent. 0 = balanced. Val and test are not skewed, so evaluation stays comparable.
+    public var headTailSkew: Double
+    /// Two-intent test utterances per domain ("... and ...", "... then ...").
+    public var multiIntentTestPerDomain: Int
+    /// Probability that a word of 4+ letters gets a typo (swap, drop or doubled letter).
+    public var typoRate: Double
+
+    public init(domains: Int = 6, intentsPerDomain: Int = 6, trainPerIntent: Int = 40, valPerIntent: Int = 10,
+                testPerIntent: Int = 20, seed: UInt64 = 0, headTailSkew: Double = 0, multiIntentTestPerDomain: Int = 0,
+                typoRate: Double = 0.02) {
+        self.domains = domains
+        self.intentsPerDomain = intentsPerDomain
+        self.trainPerIntent = trainPerIntent
+        self.valPerIntent = valPerIntent
+        self.testPerIntent = testPerIntent
+        self.seed = seed
+        self.headTailSkew = headTailSkew
+        self.multiIntentTestPerDomain = multiIntentTestPerDomain
+        self.typoRate = typoRate
+    }
+
+    /// Training examples per intent of domain `k` (0-based) after the head/tail skew.
+    public func trainPerIntent(domain k: Int) -> Int {
+        guard headTailSkew != 0 else { return trainPerIntent }
+        return max(1, Int((Double(trainPerIntent) / pow(Double(k + 1), headTailSkew)).rounded()))
+    }
+}
+
+public enum SyntheticCorpus {
+    /// Intent kinds that every domain draws its first intents from, so they recur across domains.
+    public static let confusableIntents = ["cancel", "refund", "reset", "upgrade", "status"]
+
+    /// Deterministic given `config.seed`. Domain k is the same whatever `config.domains` is.
+    public static func make(config: SyntheticConfig) -> [DomainData] {
+        let names = domainIdentities(count: config.domains, seed: config.seed)
+        return names.enumerated().map { k, identity in
+            makeDomain(index: k, identity: identity, config: config)
+        }
+    }
+
+    /// Plain English sentences for the general replay stream (label -1), deterministic given `seed`.
+    public static func generalText(count: Int, seed: UInt64) -> [String] {
+        var rng = StableRNG(seed: seed, stream: 0x6E65_7261_6C)
+        let subjects = ["the river", "an old bridge", "the committee", "a small village", "the museum", "the orchestra",
+                        "the northern railway", "a local farmer", "the first expedition", "the city council",
+                        "the coastal road", "a young painter", "the national team", "the library", "the cathedral"]
+        let verbs = ["was built in", "was founded in", "moved to the capital in", "was restored in", "won its first award in",
+                     "opened to the public in", "was renamed in", "became famous in", "was damaged by a storm in"]
+        let years = (1820...2015).map(String.init)
+        let tails = ["and is still in use today", "after a long public debate", "with support from nearby towns",
+                     "before the war began", "during a period of rapid growth", "according to historical records",
+                     "and attracted many visitors", "under the direction of a new mayor", ""]
+        return (0..<max(0, count)).map { _ in
+            let s = "\(pick(subjects, &rng)) \(pick(verbs, &rng)) \(pick(years, &rng)) \(pick(tails, &rng))"
+            return s.trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    // MARK: - Domains
+
+    struct Identity {
+        var brand: String
+        var category: Category
+        var name: String { "\(brand)_\(category.slug)" }
+    }
+
+    /// Brands from syllables, unique; categories cycle through a seeded permutation.
+    static func domainIdentities(count: Int, seed: UInt64) -> [Identity] {
+        var rng = StableRNG(seed: seed, stream: 0xB7A4_D5)
+        var order = Array(categories.indices)
+        order.stableShuffle(using: &rng)
+        var used = Set<String>()
+        var out: [Identity] = []
+        while out.count < max(0, count) {
+            let brand = makeWord(&rng, syllables: 2 + (rng.stableIndex(below: 3) == 0 ? 1 : 0), ending: true)
+            guard brand.count >= 4, brand.count <= 10, used.insert(brand).inserted else { continue }
+            out.append(Identity(brand: brand, category: categories[order[out.count % order.count]]))
+        }
+        return out
+    }
+
+    static func makeWord(_ rng: inout StableRNG, syllables: Int, ending: Bool) -> String {
+        let onsets = ["b", "br", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "tr", "pl", "st", "c", "h"]
+        let vowels = ["a", "e", "i", "o", "u", "a", "o", "e"]
+        let codas = ["", "", "", "n", "r", "l", "x", "s", "m"]
+        let endings = ["", "a", "o", "ix", "on", "ia", "ex", "is"]
+        var word = ""
+        for i in 0..<syllables {
+            word += pick(onsets, &rng) + pick(vowels, &rng)
+            if i == syllables - 1 || rng.stableIndex(below: 3) == 0 { word += pick(codas, &rng) }
+        }
+        if ending { word += pick(endings, &rng) }
+        return word
+    }
+
+    static func makeDomain(index k: Int, identity: Identity, config: SyntheticConfig) -> DomainData {
+        var rng = StableRNG(seed: config.seed, stream: UInt64(k) &+ 1)
+        let vocab = Vocabulary(identity: identity, rng: &rng)
+
+        // Intent kinds: up to three of the confusable core first, then the rest of what fits the product.
+        let allowed = intentKinds.filter { identity.category.isDevice || !$0.deviceOnly }
+        var core = allowed.filter { confusableIntents.contains($0.name) }
+        core.stableShuffle(using: &rng)
+        let coreCount = min(3, config.intentsPerDomain, core.count)
+        var rest = allowed.filter { kind in !core.prefix(coreCount).contains { $0.name == kind.name } }
+        rest.stableShuffle(using: &rng)
+        let count = min(max(1, config.intentsPerDomain), allowed.count)
+        let kinds = Array(core.prefix(coreCount) + rest.prefix(count - coreCount))
+
+        let name = identity.name
+        var seen = Set<String>()
+        func utterance(_ kind: IntentKind, _ rng: inout StableRNG, decorate: Bool) -> String {
+            // Retry a few times to avoid duplicates, so train and test rarely share a sentence.
+            var text = ""
+            for _ in 0..<12 {
+                text = vocab.render(pick(kind.templates, &rng), &rng)
+                if decorate { text = paraphrase(text, &rng) }
+                text = addTypos(text, rate: config.typoRate, &rng)
+                if seen.insert(text).inserted { break }
+            }
+            return text
+        }
+        let label = { (kind: IntentKind) in "\(name).\(kind.name)" }
+        var train: [IntentExample] = [], val: [IntentExample] = [], test: [IntentExample] = []
+        let trainCount = config.trainPerIntent(domain: k)
+        for kind in kinds {
+            for _ in 0..<max(0, trainCount) {
+                train.append(IntentExample(text: utterance(kind, &rng, decorate: true), intent: label(kind), domain: name, split: .train))
+            }
+            for _ in 0..<max(0, config.valPerIntent) {
+                val.append(IntentExample(text: utterance(kind, &rng, decorate: true), intent: label(kind), domain: name, split: .val))
+            }
+            for _ in 0..<max(0, config.testPerIntent) {
+                test.append(IntentExample(text: utterance(kind, &rng, decorate: true), intent: label(kind), domain: name, split: .test))
+            }
+        }
+        var multi: [IntentExample] = []
+        if kinds.count >= 2 {
+            let connectors = [" and ", " and then ", ", then ", " and also ", ". also, ", " then "]
+            for _ in 0..<max(0, config.multiIntentTestPerDomain) {
+                let a = rng.stableIndex(below: kinds.count)
+                var b = rng.stableIndex(below: kinds.count - 1)
+                if b >= a { b += 1 }
+                let first = utterance(kinds[a], &rng, decorate: true)
+                    .trimmingCharacters(in: CharacterSet(charactersIn: "?.!"))
+                let second = utterance(kinds[b], &rng, decorate: false)
+                multi.append(IntentExample(text: first + pick(connectors, &rng) + second,
+                                           intents: [label(kinds[a]), label(kinds[b])], domain: name, split: .test))
+            }
+        }
+        return DomainData(name: name, intents: kinds.map(label).sorted(), train: train, val: val, test: test,
+                          multiIntentTest: multi)
+    }
+
+    // MARK: - Surface variation
+
+    static func paraphrase(_ text: String, _ rng: inout StableRNG) -> String {
+        let openers = ["", "", "", "", "hi, ", "hey ", "hello, ", "um ", "so ", "quick question, ", "excuse me, ", "ok so "]
+        let closers = ["", "", "", "", " please", " thanks", " thank you", ", can you help", " asap", " if possible"]
+        var out = pick(openers, &rng) + text + pick(closers, &rng)
+        switch rng.stableIndex(below: 10) {
+        case 0, 1: out += "?"
+        case 2: out += "."
+        default: break
+        }
+        if rng.stableIndex(below: 5) == 0, let first = out.first {
+            out = first.uppercased() + out.dropFirst()
+        }
+        return out
+    }
+
+    static func addTypos(_ text: String, rate: Double, _ rng: inout StableRNG) -> String {
+        guard rate > 0 else { return text }
+        let words = text.split(separator: " ", omittingEmptySubsequences: false).map { word -> String in
+            var chars = Array(word)
+            guard chars.count >= 4, chars.allSatisfy(\.isLetter), rng.stableUnit() < rate else { return String(word) }
+            let i = 1 + rng.stableIndex(below: chars.count - 2)
+            switch rng.stableIndex(below: 3) {
+            case 0: chars.swapAt(i, i + 1)
+            case 1: chars.remove(at: i)
+            default: chars.insert(chars[i], at: i)
+            }
+            return String(chars)
+        }
+        return words.joined(separator: " ")
+    }
+
+    static func pick<T>(_ list: [T], _ rng: inout StableRNG) -> T { list[rng.stableIndex(below: list.count)] }
+
+    // MARK: - Vocabulary
+
+    /// The words one domain fills its templates with.
+    struct Vocabulary {
+        var brand: String
+        var noun: String
+        var models: [String]
+        var category: Category
+
+        init(identity: Identity, rng: inout StableRNG) {
+            brand = identity.brand
+            noun = identity.category.noun
+            category = identity.category
+            let suffixes = ["", "", " 2", " 3", " pro", " mini", " plus", " max", " go", " lite"]
+            var list: [String] = []
+            while list.count < 3 {
+                let model = SyntheticCorpus.makeWord(&rng, syllables: 2, ending: false) + SyntheticCorpus.pick(suffixes, &rng)
+                if !list.contains(model) && model != brand { list.append(model) }
+            }
+            models = list
+        }
+
+        func product(_ rng: inout StableRNG) -> String {
+            switch rng.stableIndex(below: 4) {
+            case 0: return "\(brand) \(noun)"
+            case 1: return "\(brand) \(SyntheticCorpus.pick(models, &rng))"
+            default: return "\(brand) \(SyntheticCorpus.pick(models, &rng)) \(noun)"
+            }
+        }
+
+        /// Replaces {product} {brand} {noun} {model} {item} {part} {issue} {time} {number} {clock} {place}.
+        func render(_ template: String, _ rng: inout StableRNG) -> String {
+            var out = ""
+            var rest = Substring(template)
+            while let open = rest.firstIndex(of: "{") {
+                out += rest[..<open]
+                guard let close = rest[open...].firstIndex(of: "}") else { break }
+                let slot = rest[rest.index(after: open)..<close]
+                out += fill(String(slot), &rng)
+                rest = rest[rest.index(after: close)...]
+            }
+            out += rest
+            return out
+        }
+
+        private func fill(_ slot: String, _ rng: inout StableRNG) -> String {
+            switch slot {
+            case "product": return product(&rng)
+            case "brand": return brand
+            case "noun": return noun
+            case "model": return SyntheticCorpus.pick(models, &rng)
+            case "item": return SyntheticCorpus.pick(category.items, &rng)
+            case "part": return SyntheticCorpus.pick(category.parts, &rng)
+            case "issue": return SyntheticCorpus.pick(category.issues, &rng)
+            case "time": return SyntheticCorpus.pick(["yesterday", "last week", "two days ago", "on monday", "this morning",
+                                                     "last month", "a few days ago", "over the weekend"], &rng)
+            case "number": return "\(10000 + rng.stableIndex(below: 90000))"
+            case "clock": return SyntheticCorpus.pick(["7 am", "6:30 pm", "noon", "9 pm", "8 in the morning", "midnight"], &rng)
+            case "place": return SyntheticCorpus.pick(["my new apartment", "my office", "my parents' house", "a new address",
+                                                      "my work address"], &rng)
+            default: return slot
+            }
+        }
+    }
+
+    // MARK: - Product categories
+
+    struct Category {
+        var slug: String
+        var noun: String
+        /// Physical devices admit pairing, firmware, battery and setup intents; services do not.
+        var isDevice: Bool
+        /// Things one buys, subscribes to, cancels or upgrades.
+        var items: [String]
+        /// Settings or components one resets or changes.
+        var parts: [String]
+        /// Complaints, written to follow "my <product>" in the singular.
+        var issues: [String]
+    }
+
+    static let categories: [Category] = [
+        Category(slug: "router", noun: "router", isDevice: true,
+                 items: ["subscription", "protection plan", "order", "mesh extender"],
+                 parts: ["wifi password", "network name", "admin login", "parental controls"],
+                 issues: ["keeps dropping the connection", "has a blinking red light", "is really slow", "won't connect to the internet"]),
+        Category(slug: "thermostat", noun: "thermostat", isDevice: true,
+                 items: ["energy plan", "order", "installation appointment", "protection plan"],
+                 parts: ["temperature schedule", "wifi connection", "display", "eco mode"],
+                 issues: ["shows the wrong temperature", "won't turn on the heat", "keeps going offline", "has a blank screen"]),
+        Category(slug: "camera", noun: "security camera", isDevice: true,
+                 items: ["cloud recording plan", "subscription", "order", "protection plan"],
+                 parts: ["motion alerts", "night vision", "wifi password", "recording schedule"],
+                 issues: ["stopped recording", "shows a black screen", "keeps going offline", "sends too many alerts"]),
+        Category(slug: "speaker", noun: "smart speaker", isDevice: true,
+                 items: ["music subscription", "order", "protection plan", "premium plan"],
+                 parts: ["voice assistant", "bluetooth name", "wake word", "volume limit"],
+                 issues: ["doesn't respond to my voice", "keeps cutting out", "won't play music", "has a crackling sound"]),
+        Category(slug: "watch", noun: "smartwatch", isDevice: true,
+                 items: ["fitness subscription", "cellular plan", "order", "extended warranty"],
+                 parts: ["watch face", "heart rate alerts", "passcode", "step goal"],
+                 issues: ["won't sync with my phone", "drains the battery fast", "has a frozen screen", "doesn't track my steps"]),
+        Category(slug: "vacuum", noun: "robot vacuum", isDevice: true,
+                 items: ["filter subscription", "order", "protection plan", "replacement brush set"],
+                 parts: ["cleaning schedule", "floor map", "no-go zones", "suction level"],
+                 issues: ["keeps getting stuck", "won't return to the dock", "stopped charging", "misses half the room"]),
+        Category(slug: "printer", noun: "printer", isDevice: true,
+                 items: ["ink subscription", "order", "service plan", "toner delivery"],
+                 parts: ["wifi setup", "paper size", "print queue", "admin password"],
+                 issues: ["keeps jamming", "prints blank pages", "says it is offline", "won't scan"]),
+        Category(slug: "mobile", noun: "phone plan", isDevice: false,
+                 items: ["contract", "data plan", "family plan", "extra line"],
+                 parts: ["voicemail pin", "account password", "data limit", "roaming settings"],
+                 issues: ["has no signal", "keeps dropping calls", "shows no data", "charges me for roaming"]),
+        Category(slug: "streaming", noun: "streaming account", isDevice: false,
+                 items: ["subscription", "premium plan", "membership", "family plan"],
+                 parts: ["password", "profile", "parental pin", "download settings"],
+                 issues: ["keeps buffering", "won't load", "logs me out", "shows the wrong language"]),
+        Category(slug: "ereader", noun: "e-reader", isDevice: true,
+                 items: ["book subscription", "order", "protection plan", "audiobook plan"],
+                 parts: ["font size", "wifi connection", "library sync", "screen light"],
+                 issues: ["freezes on a page", "won't charge", "doesn't sync my books", "has a cracked screen"]),
+        Category(slug: "coffee", noun: "coffee machine", isDevice: true,
+                 items: ["bean subscription", "order", "descaling kit", "warranty"],
+                 parts: ["brew strength", "clock", "water filter", "cup size"],
+                 issues: ["leaks water", "won't heat up", "makes weak coffee", "is making a loud noise"]),
+        Category(slug: "scooter", noun: "electric scooter", isDevice: true,
+                 items: ["ride pass", "order", "insurance", "protection plan"],
+                 parts: ["speed limit", "lock code", "cruise control", "headlight"],
+                 issues: ["won't turn on", "loses power on hills", "has a flat tire", "shows an error code"]),
+        Category(slug: "laptop", noun: "laptop", isDevice: true,
+                 items: ["order", "extended warranty", "software license", "accidental damage plan"],
+                 parts: ["login password", "bios settings", "keyboard backlight", "display brightness"],
+                 issues: ["won't boot", "overheats", "has a flickering screen", "is very slow"]),
+        Category(slug: "headset", noun: "headset", isDevice: true,
+                 items: ["order", "protection plan", "replacement ear cushions", "premium app plan"],
+                 parts: ["noise cancelling", "bluetooth pairing", "equalizer", "touch controls"],
+                 issues: ["only plays in one ear", "keeps disconnecting", "won't charge", "has a buzzing sound"]),
+        Category(slug: "lock", noun: "smart lock", isDevice: true,
+                 items: ["order", "installation appointment", "protection plan", "guest access plan"],
+                 parts: ["entry code", "auto lock", "guest codes", "battery alerts"],
+                 issues: ["won't unlock", "jams halfway", "keeps beeping", "doesn't recognize my code"]),
+        Category(slug: "mealkit", noun: "meal kit", isDevice: false,
+                 items: ["subscription", "weekly box", "delivery plan", "family plan"],
+                 parts: ["delivery day", "dietary preferences", "account password", "menu choices"],
+                 issues: ["arrived damaged", "was missing ingredients", "came late", "had the wrong recipes"]),
+        Category(slug: "cloud", noun: "cloud storage account", isDevice: false,
+                 items: ["subscription", "storage plan", "business plan", "family plan"],
+                 parts: ["password", "two factor login", "sharing settings", "backup schedule"],
+                 issues: ["won't sync my files", "says it is full", "keeps logging me out", "lost some of my photos"]),
+        Category(slug: "card", noun: "credit card", isDevice: false,
+                 items: ["card", "rewards plan", "overdraft protection", "annual membership"],
+                 parts: ["pin", "spending limit", "online banking password", "autopay"],
+                 issues: ["was declined", "got charged twice", "is not working abroad", "shows a fraud alert"]),
+        Category(slug: "insurance", noun: "home insurance policy", isDevice: false,
+                 items: ["policy", "coverage plan", "monthly payment plan", "flood add-on"],
+                 parts: ["online password", "billing date", "contact details", "payment method"],
+                 issues: ["was not renewed", "has the wrong address", "charged me too much", "shows an error"]),
+        Category(slug: "console", noun: "game console", isDevice: true,
+                 items: ["online membership", "order", "game pass", "protection plan"],
+                 parts: ["parental controls", "account password", "storage settings", "controller pairing"],
+                 issues: ["won't turn on", "keeps crashing", "has a loud fan", "won't read discs"]),
+    ]
+
+    // MARK: - Intent kinds
+
+    struct IntentKind {
+        var name: String
+        var deviceOnly: Bool
+        var templates: [String]
+    }
+
+    static let intentKinds: [IntentKind] = [
+        IntentKind(name: "cancel", deviceOnly: false, templates: [
+            "i want to cancel my {product} {item}",
+            "please cancel the {item} for my {product}",
+            "how do i cancel my {brand} {item}",
+            "can you stop my {product} {item} from renewing",
+            "i need to end my {item} with {brand}",
+            "cancel my {brand} {noun} {item} effective today",
+            "i no longer want the {item} on my {product}, cancel it",
+        ]),
+        IntentKind(name: "refund", deviceOnly: false, templates: [
+            "i would like a refund for my {product}",
+            "can i get my money back for the {brand} {noun}",
+            "how long does a refund take for a {product} {item}",
+            "i was charged twice for my {brand} {item}, please refund me",
+            "refund the {item} i bought {time}",
+            "where is my refund for {brand} order {number}",
+            "i returned the {product} {time} and still have no refund",
+        ]),
+        IntentKind(name: "reset", deviceOnly: false, templates: [
+            "how do i reset the {part} on my {product}",
+            "i need to reset my {brand} {part}",
+            "reset the {part} of my {product} to the default",
+            "i forgot my {brand} {part}, how can i reset it",
+            "what's the way to reset {part} for my {noun}",
+            "can you help me reset the {part} on the {product}",
+        ]),
+        IntentKind(name: "upgrade", deviceOnly: false, templates: [
+            "i want to upgrade my {product} {item}",
+            "can i upgrade to the newest {brand} {model}",
+            "how much does it cost to upgrade my {brand} {item}",
+            "upgrade my {item} to the premium tier",
+            "is there a better {brand} {noun} i can switch to",
+            "i'd like to move my {product} to a higher {item}",
+        ]),
+        IntentKind(name: "status", deviceOnly: false, templates: [
+            "what is the status of my {product} order",
+            "has order {number} for the {brand} {noun} shipped yet",
+            "check the status of my {brand} {item}",
+            "is my {product} {item} still active",
+            "any update on the {product} request i made {time}",
+            "where is my {brand} {model} order",
+        ]),
+        IntentKind(name: "troubleshoot", deviceOnly: false, templates: [
+            "my {product} {issue}",
+            "help, my {brand} {noun} {issue}",
+            "the {product} {issue} since {time}",
+            "what should i do, my {product} {issue}",
+            "why is it that my {brand} {noun} {issue}",
+        ]),
+        IntentKind(name: "billing", deviceOnly: false, templates: [
+            "why is my {brand} bill higher this month",
+            "i don't understand a charge from {brand} for my {item}",
+            "when will i be billed for the {product} {item}",
+            "can i change the payment date for my {brand} {item}",
+            "there is an unknown {brand} charge on my statement",
+        ]),
+        IntentKind(name: "change_address", deviceOnly: false, templates: [
+            "i moved, please update the address on my {brand} account",
+            "change the delivery address for my {product} to {place}",
+            "how do i update my address for the {brand} {item}",
+            "send my {brand} {item} to {place} from now on",
+        ]),
+        IntentKind(name: "contact_agent", deviceOnly: false, templates: [
+            "i want to talk to a person about my {product}",
+            "can i speak with a {brand} agent",
+            "connect me to someone from {brand} support",
+            "is there a phone number for {brand} {noun} support",
+            "get me a human, my {product} {issue}",
+        ]),
+        IntentKind(name: "delete_account", deviceOnly: false, templates: [
+            "please delete my {brand} account and all my data",
+            "how do i close my {brand} account for good",
+            "remove my personal information from {brand}",
+            "i want my {brand} {noun} account erased",
+        ]),
+        IntentKind(name: "warranty", deviceOnly: false, templates: [
+            "is my {product} still under warranty",
+            "how long is the warranty on a {brand} {noun}",
+            "does the {brand} {item} cover accidental damage",
+            "i want to make a warranty claim for my {product}",
+            "what does the {brand} warranty cover",
+        ]),
+        IntentKind(name: "compare", deviceOnly: false, templates: [
+            "what is the difference between the {brand} {model} and the {model}",
+            "which {brand} {noun} is best for me",
+            "compare the {brand} {item} options for me",
+            "should i get the {model} or the {model}",
+        ]),
+        IntentKind(name: "return_item", deviceOnly: false, templates: [
+            "how do i return my {product}",
+            "i want to send back the {brand} {noun} i got {time}",
+            "can i return a {product} after thirty days",
+            "print a return label for order {number}",
+            "what is the {brand} return policy for the {item}",
+        ]),
+        IntentKind(name: "report_lost", deviceOnly: false, templates: [
+            "i lost my {product}",
+            "my {brand} {noun} was stolen {time}",
+            "how do i block my {brand} {noun} after losing it",
+            "report my {product} as lost please",
+        ]),
+        IntentKind(name: "pair_device", deviceOnly: true, templates: [
+            "how do i connect my {product} to my phone",
+            "my phone won't pair with the {brand} {noun}",
+            "pair the {product} with the {brand} app",
+            "what are the steps to link a {brand} {model} to bluetooth",
+            "can i connect two phones to my {product}",
+        ]),
+        IntentKind(name: "update_firmware", deviceOnly: true, templates: [
+            "how do i update the firmware on my {product}",
+            "is there a software update for the {brand} {model}",
+            "my {product} is stuck while updating",
+            "install the latest {brand} update on my {noun}",
+            "what changed in the new {brand} {noun} update",
+        ]),
+        IntentKind(name: "battery", deviceOnly: true, templates: [
+            "the battery on my {product} drains too fast",
+            "how long should the {brand} {model} battery last",
+            "my {brand} {noun} battery won't hold a charge",
+            "can i replace the battery in my {product}",
+        ]),
+        IntentKind(name: "setup", deviceOnly: true, templates: [
+            "how do i set up my new {product}",
+            "i just got a {brand} {noun}, where do i start",
+            "help me install the {product} at {place}",
+            "what do i need to set up the {brand} {model}",
+        ]),
+        IntentKind(name: "schedule", deviceOnly: true, templates: [
+            "set my {product} to turn on at {clock}",
+            "can the {brand} {noun} run on a schedule",
+            "change the {brand} {part} schedule to {clock}",
+            "turn off my {product} every day at {clock}",
+        ]),
+    ]
+}

@@ -1,0 +1,185 @@
+import CKernels
+import Foundation
+
+public enum ModelError: LocalizedError, Equatable {
+    case missingFile(String)
+    case shapeMismatch(file: String, tensor: String, expected: [Int], found: [Int])
+    case unsupported(String)
+
+    public var errorDescription: String? {
+        switch self {
+        case .missingFile(let p): return "model file not found: \(p) (run `make setup` for the default model)"
+        case let .shapeMismatch(file, tensor, expected, found):
+            return "\(file): tensor \(tensor) has shape \(found), the config implies \(expected)"
+        case .unsupported(let s): return s
+        }
+    }
+}
+
+/// A heap array of floats owned by Swift, handed to C kernels (llm.c's single allocation).
+public final class FloatArena {
+    public let count: Int
+    public let base: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        self.count = count
+        base = .allocate(capacity: max(count, 1))
+        base.initialize(repeating: 0, count: max(count, 1))
+    }
+    deinit { base.deallocate() }
+
+    public func zero() { base.update(repeating: 0, count: count) }
+    public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
+    public func copy(from other: FloatArena) {
+        precondition(other.count == count)
+        base.update(from: other.base, count: count)
+    }
+}
+
+extension BertConfig {
+    /// The C view of the configuration.
+    var kernelConfig: dr_bert_config {
+        dr_bert_config(n_layers: Int64(layers), hidden: Int64(hidden), n_heads: Int64(heads),
+                       intermediate: Int64(intermediate), vocab: Int64(vocabSize),
+                       max_positions: Int64(maxPositions), type_vocab: Int64(typeVocabSize),
+                       ln_eps: layerNormEps)
+    }
+}
+
+/// The frozen encoder's parameters in ONE arena, laid out as `dr_bert_params` describes, so that
+/// gradients and optimizer moments of a full fine-tune can share the layout.
+public final class BertWeights {
+    public let config: BertConfig
+    public let arena: FloatArena
+    var params: dr_bert_params
+    /// Sizes (in floats) of the 17 parameter tensors, in `dr_bert_params` order.
+    public let tensorSizes: [Int]
+
+    /// Names of the arena's tensors, in `dr_bert_params` order (for audits and checkpoints).
+    public static let tensorNames = [
+        "wte", "wpe", "wtt", "ln_e_w", "ln_e_b", "qkv_w", "qkv_b", "ao_w", "ao_b", "ln1_w", "ln1_b",
+        "fc_w", "fc_b", "proj_w", "proj_b", "ln2_w", "ln2_b",
+    ]
+
+    public init(config: BertConfig) {
+        self.config = config
+        var cfg = config.kernelConfig
+        var s = [size_t](repeating: 0, count: Int(DR_BERT_NUM_PARAMS))
+        let total = Int(dr_bert_param_sizes(&cfg, &s))
+        let sizes = s.map { Int($0) }
+        tensorSizes = sizes
+        arena = FloatArena(count: total)
+        params = dr_bert_params()
+        dr_bert_params_point(&params, arena.base, &cfg)
+    }
+
+    public var parameterCount: Int { arena.count }
+
+    /// A randomly initialised encoder (tests, synthetic runs): N(0, 0.02)-like weights, LayerNorm = 1/0.
+    public convenience init(config: BertConfig, seed: UInt64) {
+        self.init(config: config)
+        var rng = SplitMix64(seed: seed)
+        var offset = 0
+        for (i, n) in tensorSizes.enumerated() {
+            let name = Self.tensorNames[i]
+            let isLNWeight = name.hasPrefix("ln") && name.hasSuffix("_w")
+            for k in 0..<n {
+                if isLNWeight {
+                    arena.base[offset + k] = 1
+                } else if name.hasSuffix("_b") {
+                    arena.base[offset + k] = 0.01 * rng.nextSigned()
+                } else {
+                    arena.base[offset + k] = 0.1 * rng.nextSigned()
+                }
+            }
+            offset += n
+        }
+    }
+
+    /// Loads `config.json` and `model.safetensors` (standard Hugging Face BERT names, with or
+    /// without a `bert.` prefix) from a model directory.
+    public convenience init(directory: URL) throws {
+        let configURL = directory.appendingPathComponent("config.json")
+        let weightsURL = directory.appendingPathComponent("model.safetensors")
+        for u in [configURL, weightsURL] where !FileManager.default.fileExists(atPath: u.path) {
+            throw ModelError.missingFile(u.path)
+        }
+        let config = try BertConfig(contentsOf: configURL)
+        try config.validate()
+        self.init(config: config)
+        let file = try SafeTensorsFile(url: weightsURL)
+        try load(from: file)
+    }
+
+    private func load(from file: SafeTensorsFile) throws {
+        let prefix = file.tensors["bert.embeddings.word_embeddings.weight"] != nil ? "bert." : ""
+        let C = config.hidden, I = config.intermediate, L = config.layers
+        let fileName = file.url.lastPathComponent
+
+        func copy(_ name: String, _ dst: UnsafeMutablePointer<Float>, _ shape: [Int]) throws {
+            let info = try file.info(prefix + name)
+            if info.shape != shape {
+                // [n] and [1, n] style differences are still a mismatch: the layout must be exact.
+                throw ModelError.shapeMismatch(file: fileName, tensor: prefix + name, expected: shape, found: info.shape)
+            }
+            try file.copyFloats(prefix + name, into: dst, count: shape.reduce(1, *))
+        }
+        let p = params
+        try copy("embeddings.word_embeddings.weight", p.wte, [config.vocabSize, C])
+        try copy("embeddings.position_embeddings.weight", p.wpe, [config.maxPositions, C])
+        try copy("embeddings.token_type_embeddings.weight", p.wtt, [config.typeVocabSize, C])
+        try copy("embeddings.LayerNorm.weight", p.ln_e_w, [C])
+        try copy("embeddings.LayerNorm.bias", p.ln_e_b, [C])
+        for l in 0..<L {
+            let e = "encoder.layer.\(l)."
+            let qkvW = p.qkv_w + l * 3 * C * C, qkvB = p.qkv_b + l * 3 * C
+            for (k, part) in ["query", "key", "value"].enumerated() {
+                try copy(e + "attention.self.\(part).weight", qkvW + k * C * C, [C, C])
+                try copy(e + "attention.self.\(part).bias", qkvB + k * C, [C])
+            }
+            try copy(e + "attention.output.dense.weight", p.ao_w + l * C * C, [C, C])
+            try copy(e + "attention.output.dense.bias", p.ao_b + l * C, [C])
+            try copy(e + "attention.output.LayerNorm.weight", p.ln1_w + l * C, [C])
+            try copy(e + "attention.output.LayerNorm.bias", p.ln1_b + l * C, [C])
+            try copy(e + "intermediate.dense.weight", p.fc_w + l * I * C, [I, C])
+            try copy(e + "intermediate.dense.bias", p.fc_b + l * I, [I])
+            try copy(e + "output.dense.weight", p.proj_w + l * C * I, [C, I])
+            try copy(e + "output.dense.bias", p.proj_b + l * C, [C])
+            try copy(e + "output.LayerNorm.weight", p.ln2_w + l * C, [C])
+            try copy(e + "output.LayerNorm.bias", p.ln2_b + l * C, [C])
+        }
+    }
+
+    /// FNV-1a 64 over the arena's bytes: identifies the exact base a state was trained on.
+    public func fingerprint() -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        let bytes = UnsafeRawBufferPointer(start: arena.base, count: arena.count * 4)
+        for b in bytes {
+            h ^= UInt64(b)
+            h = h &* 0x0000_0100_0000_01b3
+        }
+        return String(format: "fnv1a64:%016llx", h)
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator whose whole state is one UInt64 (checkpointable).
+public struct SplitMix64: RandomNumberGenerator, Codable, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    public mutating func nextUnit() -> Float { Float(next() >> 40) * (1.0 / Float(1 << 24)) }
+    /// Uniform in [-1, 1).
+    public mutating func nextSigned() -> Float { 2 * nextUnit() - 1 }
+    /// Standard normal (Box-Muller).
+    public mutating func nextGaussian() -> Float {
+        let u1 = max(Double(next() >> 11) * 0x1.0p-53, 1e-300), u2 = Double(next() >> 11) * 0x1.0p-53
+        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+    }
+}

@@ -1,0 +1,757 @@
+// SafeTensors: a memory-mapped reader that validates the whole header before anything is read,
+// and a writer that produces files the reference (Rust/Python) implementation accepts.
+//
+// Layout: [u64 little-endian n][n bytes of UTF-8 JSON header][data section]. The header maps each
+// tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the start of
+// the data section) and may hold "__metadata__": {string: string}.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// MARK: - Types
+
+/// Element types of the safetensors format.
+public enum SafeTensorsDType: String, Sendable, CaseIterable {
+    case f64 = "F64", f32 = "F32", f16 = "F16", bf16 = "BF16"
+    case f8e4m3 = "F8_E4M3", f8e5m2 = "F8_E5M2"
+    case i64 = "I64", i32 = "I32", i16 = "I16", i8 = "I8"
+    case u64 = "U64", u32 = "U32", u16 = "U16", u8 = "U8"
+    case bool = "BOOL"
+
+    /// Bytes per element.
+    public var byteSize: Int {
+        switch self {
+        case .f64, .i64, .u64: return 8
+        case .f32, .i32, .u32: return 4
+        case .f16, .bf16, .i16, .u16: return 2
+        case .f8e4m3, .f8e5m2, .i8, .u8, .bool: return 1
+        }
+    }
+}
+
+/// One tensor as described by the header. `byteRange` is relative to the start of the data section
+/// (the header's `data_offsets`), and has been checked to lie inside the file.
+public struct TensorInfo: Sendable, Equatable {
+    public let name: String
+    public let dtype: SafeTensorsDType
+    public let shape: [Int]
+    public let byteRange: Range<Int>
+
+    /// Number of elements (product of `shape`; 1 for a scalar, 0 if any dimension is 0).
+    public var count: Int { shape.reduce(1, *) }
+}
+
+public enum SafeTensorsError: LocalizedError, Equatable {
+    // Reading: the file itself.
+    case cannotOpen(path: String, reason: String)
+    case notARegularFile(path: String)
+    case fileTooShort(path: String, size: Int)
+    case headerLengthInvalid(path: String, headerLength: UInt64, fileSize: Int)
+    case mapFailed(path: String, reason: String)
+    // Reading: the header.
+    case headerNotUTF8(path: String)
+    case headerNotJSON(path: String, reason: String)
+    case headerNotObject(path: String)
+    case invalidMetadata(path: String, key: String)
+    case invalidEntry(path: String, tensor: String, reason: String)
+    case unknownDType(path: String, tensor: String, dtype: String)
+    case invalidShape(path: String, tensor: String, shape: [Int])
+    case invalidOffsets(path: String, tensor: String, begin: Int, end: Int)
+    case dataOutOfBounds(path: String, tensor: String, end: Int, dataSize: Int)
+    case sizeMismatch(path: String, tensor: String, dtype: String, shape: [Int], expectedBytes: Int, actualBytes: Int)
+    case overlappingTensors(path: String, tensor: String, other: String)
+    // Reading: requests.
+    case missingTensor(path: String, tensor: String)
+    case wrongDType(path: String, tensor: String, dtype: String, expected: String)
+    case countMismatch(path: String, tensor: String, expected: Int, actual: Int)
+    // Writing.
+    case duplicateTensor(tensor: String)
+    case reservedName(tensor: String)
+    case shapeMismatch(tensor: String, shape: [Int], count: Int)
+
+    public var errorDescription: String? {
+        switch self {
+        case let .cannotOpen(path, reason):
+            return "\(path): cannot open safetensors file: \(reason)"
+        case let .notARegularFile(path):
+            return "\(path): not a regular file (a directory?); expected a .safetensors file"
+        case let .fileTooShort(path, size):
+            return size == 0
+                ? "\(path): file is empty; a safetensors file starts with an 8-byte header length"
+                : "\(path): file is \(size) bytes, shorter than the 8-byte header length"
+        case let .headerLengthInvalid(path, n, fileSize):
+            return "\(path): header length \(n) is impossible for a file of \(fileSize) bytes (limit: file size - 8 and \(SafeTensorsFile.maxHeaderLength)); truncated or not a safetensors file"
+        case let .mapFailed(path, reason):
+            return "\(path): mmap failed: \(reason)"
+        case let .headerNotUTF8(path):
+            return "\(path): header is not valid UTF-8"
+        case let .headerNotJSON(path, reason):
+            return "\(path): header is not valid JSON: \(reason)"
+        case let .headerNotObject(path):
+            return "\(path): header JSON is not an object"
+        case let .invalidMetadata(path, key):
+            return "\(path): __metadata__ must be an object of strings; bad entry '\(key)'"
+        case let .invalidEntry(path, tensor, reason):
+            return "\(path): tensor '\(tensor)': \(reason)"
+        case let .unknownDType(path, tensor, dtype):
+            return "\(path): tensor '\(tensor)': unknown dtype '\(dtype)'"
+        case let .invalidShape(path, tensor, shape):
+            return "\(path): tensor '\(tensor)': invalid shape \(shape) (negative dimension or size overflow)"
+        case let .invalidOffsets(path, tensor, begin, end):
+            return "\(path): tensor '\(tensor)': data_offsets [\(begin), \(end)] must satisfy 0 <= begin <= end"
+        case let .dataOutOfBounds(path, tensor, end, dataSize):
+            return "\(path): tensor '\(tensor)': data ends at byte \(end) but the data section has only \(dataSize) bytes (truncated file?)"
+        case let .sizeMismatch(path, tensor, dtype, shape, expected, actual):
+            return "\(path): tensor '\(tensor)': \(dtype) \(shape) needs \(expected) bytes but data_offsets span \(actual)"
+        case let .overlappingTensors(path, tensor, other):
+            return "\(path): tensors '\(other)' and '\(tensor)' overlap in the data section"
+        case let .missingTensor(path, tensor):
+            return "\(path): no tensor named '\(tensor)'"
+        case let .wrongDType(path, tensor, dtype, expected):
+            return "\(path): tensor '\(tensor)' has dtype \(dtype), expected \(expected)"
+        case let .countMismatch(path, tensor, expected, actual):
+            return "\(path): tensor '\(tensor)' has \(actual) elements but the destination holds \(expected)"
+        case let .duplicateTensor(tensor):
+            return "safetensors writer: tensor '\(tensor)' added twice"
+        case let .reservedName(tensor):
+            return "safetensors writer: '\(tensor)' is reserved for metadata and cannot name a tensor"
+        case let .shapeMismatch(tensor, shape, count):
+            return "safetensors writer: tensor '\(tensor)': shape \(shape) does not hold \(count) elements"
+        }
+    }
+}
+
+// MARK: - Reader
+
+/// A read-only memory map of a safetensors file. The whole header is validated in `init`, so every
+/// later read stays inside the mapping. Values are copied out (never exposed as pointers).
+///
+/// The map keeps the file's inode alive, so replacing the file by rename (as `AtomicFile` does) is
+/// safe while it is open; truncating it in place is not (the kernel would raise SIGBUS).
+/// Sendable because nothing changes after `init`: the mapping is read-only and every property a `let`.
+public final class SafeTensorsFile: @unchecked Sendable {
+    /// Headers above this size are rejected before being parsed (the reference implementation's limit).
+    public static let maxHeaderLength = 100_000_000
+
+    public let url: URL
+    public let tensors: [String: TensorInfo]
+    public let metadata: [String: String]
+
+    private let mapping: UnsafeRawPointer
+    private let mappedLength: Int
+    private let dataStart: Int  // 8 + header length
+
+    public init(url: URL) throws {
+        self.url = url
+        let path = url.path
+        let (base, length) = try Self.map(path: path)
+        let raw = UnsafeRawBufferPointer(start: base, count: length)
+        do {
+            let header = try Self.parseHeader(raw, path: path)
+            tensors = header.tensors
+            metadata = header.metadata
+            dataStart = header.dataStart
+        } catch {
+            munmap(UnsafeMutableRawPointer(mutating: base), length)
+            throw error
+        }
+        mapping = base
+        mappedLength = length
+    }
+
+    deinit {
+        munmap(UnsafeMutableRawPointer(mutating: mapping), mappedLength)
+    }
+
+    /// Tensor names, sorted.
+    public var names: [String] { tensors.keys.sorted() }
+
+    public func info(_ name: String) throws -> TensorInfo {
+        guard let info = tensors[name] else { throw SafeTensorsError.missingTensor(path: url.path, tensor: name) }
+        return info
+    }
+
+    /// The tensor as Float; F32, F16 and BF16 convert exactly.
+    public func floats(_ name: String) throws -> [Float] {
+        let info = try floatInfo(name)
+        guard info.count > 0 else { return [] }
+        return [Float](unsafeUninitializedCapacity: info.count) { buffer, initialized in
+            convertFloats(info, into: buffer.baseAddress!)
+            initialized = info.count
+        }
+    }
+
+    /// Copies the tensor, converted to Float, into `dst`, which must hold exactly its element count.
+    public func copyFloats(_ name: String, into dst: UnsafeMutablePointer<Float>, count: Int) throws {
+        let info = try floatInfo(name)
+        guard count == info.count else {
+            throw SafeTensorsError.countMismatch(path: url.path, tensor: name, expected: count, actual: info.count)
+        }
+        if count > 0 { convertFloats(info, into: dst) }
+    }
+
+    /// The tensor as Int64; every integer dtype whose values fit (all but U64) widens exactly.
+    public func int64s(_ name: String) throws -> [Int64] {
+        let info = try info(name)
+        let src = bytes(of: info)
+        let n = info.count
+        switch info.dtype {
+        case .i64: return (0..<n).map { Int64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+        case .i32: return (0..<n).map { Int64(Int32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self))) }
+        case .i16: return (0..<n).map { Int64(Int16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * $0, as: Int16.self))) }
+        case .i8: return (0..<n).map { Int64(Int8(bitPattern: src[$0])) }
+        case .u32: return (0..<n).map { Int64(UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+        case .u16: return (0..<n).map { Int64(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) }
+        case .u8: return (0..<n).map { Int64(src[$0]) }
+        default:
+            throw SafeTensorsError.wrongDType(path: url.path, tensor: name, dtype: info.dtype.rawValue,
+                                              expected: "an integer type (I64, I32, I16, I8, U32, U16, U8)")
+        }
+    }
+
+    // MARK: Conversion
+
+    private func floatInfo(_ name: String) throws -> TensorInfo {
+        let info = try info(name)
+        switch info.dtype {
+        case .f32, .f16, .bf16: return info
+        default:
+            throw SafeTensorsError.wrongDType(path: url.path, tensor: name, dtype: info.dtype.rawValue, expected: "F32, F16 or BF16")
+        }
+    }
+
+    private func bytes(of info: TensorInfo) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: mapping + dataStart + info.byteRange.lowerBound, count: info.byteRange.count)
+    }
+
+    private func convertFloats(_ info: TensorInfo, into dst: UnsafeMutablePointer<Float>) {
+        let src = bytes(of: info)
+        let n = info.count
+        switch info.dtype {
+        case .f32:
+            #if _endian(little)
+            UnsafeMutableRawPointer(dst).copyMemory(from: src.baseAddress!, byteCount: 4 * n)
+            #else
+            for i in 0..<n { dst[i] = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+            #endif
+        case .f16:
+            for i in 0..<n { dst[i] = floatFromHalfBits(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+        case .bf16:
+            for i in 0..<n { dst[i] = floatFromBFloat16Bits(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+        default:
+            preconditionFailure("convertFloats called for \(info.dtype)")
+        }
+    }
+
+    // MARK: Mapping and validation
+
+    private static func map(path: String) throws -> (UnsafeRawPointer, Int) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SafeTensorsError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SafeTensorsError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
+        guard st.st_mode & 0o170000 == 0o100000 else { throw SafeTensorsError.notARegularFile(path: path) }
+        let size = Int(st.st_size)
+        guard size >= 8 else { throw SafeTensorsError.fileTooShort(path: path, size: size) }
+        let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw SafeTensorsError.mapFailed(path: path, reason: String(cString: strerror(errno)))
+        }
+        return (UnsafeRawPointer(p), size)
+    }
+
+    private struct Header {
+        var tensors: [String: TensorInfo]
+        var metadata: [String: String]
+        var dataStart: Int
+    }
+
+    private static func parseHeader(_ file: UnsafeRawBufferPointer, path: String) throws -> Header {
+        let declared = UInt64(littleEndian: file.loadUnaligned(as: UInt64.self))
+        guard declared <= UInt64(file.count - 8), declared <= UInt64(maxHeaderLength) else {
+            throw SafeTensorsError.headerLengthInvalid(path: path, headerLength: declared, fileSize: file.count)
+        }
+        let headerLength = Int(declared)
+        let headerBytes = UnsafeRawBufferPointer(rebasing: file[8..<(8 + headerLength)])
+        guard String(validating: headerBytes, as: UTF8.self) != nil else { throw SafeTensorsError.headerNotUTF8(path: path) }
+
+        let root: StrictJSON
+        do {
+            root = try StrictJSON.parse(headerBytes)
+        } catch let error as StrictJSON.ParseError {
+            throw SafeTensorsError.headerNotJSON(path: path, reason: error.description)
+        }
+        guard case let .object(entries) = root else { throw SafeTensorsError.headerNotObject(path: path) }
+
+        let dataSize = file.count - 8 - headerLength
+        var metadata: [String: String] = [:]
+        var tensors: [String: TensorInfo] = [:]
+        // Sorted, so that a file with several problems always reports the same one.
+        for (name, value) in entries.sorted(by: { $0.key < $1.key }) {
+            if name == "__metadata__" {
+                guard case let .object(items) = value else { throw SafeTensorsError.invalidMetadata(path: path, key: name) }
+                for (key, item) in items.sorted(by: { $0.key < $1.key }) {
+                    guard case let .string(s) = item else { throw SafeTensorsError.invalidMetadata(path: path, key: key) }
+                    metadata[key] = s
+                }
+                continue
+            }
+            tensors[name] = try parseEntry(name: name, value: value, dataSize: dataSize, path: path)
+        }
+
+        // No two tensors may share bytes. Empty tensors occupy no bytes, so they overlap nothing.
+        let occupied = tensors.values.filter { !$0.byteRange.isEmpty }
+            .sorted { ($0.byteRange.lowerBound, $0.name) < ($1.byteRange.lowerBound, $1.name) }
+        for (previous, next) in zip(occupied, occupied.dropFirst()) where next.byteRange.lowerBound < previous.byteRange.upperBound {
+            throw SafeTensorsError.overlappingTensors(path: path, tensor: next.name, other: previous.name)
+        }
+        return Header(tensors: tensors, metadata: metadata, dataStart: 8 + headerLength)
+    }
+
+    private static func parseEntry(name: String, value: StrictJSON, dataSize: Int, path: String) throws -> TensorInfo {
+        func invalid(_ reason: String) -> SafeTensorsError { .invalidEntry(path: path, tensor: name, reason: reason) }
+        guard case let .object(fields) = value else { throw invalid("entry is not an object") }
+        guard let dtypeValue = fields["dtype"] else { throw invalid("missing \"dtype\"") }
+        guard let shapeValue = fields["shape"] else { throw invalid("missing \"shape\"") }
+        guard let offsetsValue = fields["data_offsets"] else { throw invalid("missing \"data_offsets\"") }
+
+        guard case let .string(dtypeName) = dtypeValue else { throw invalid("\"dtype\" must be a string") }
+        guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
+            throw SafeTensorsError.unknownDType(path: path, tensor: name, dtype: dtypeName)
+        }
+        guard case let .array(dims) = shapeValue else { throw invalid("\"shape\" must be an array of integers") }
+        var shape: [Int] = []
+        for dim in dims {
+            guard case let .integer(d) = dim else { throw invalid("\"shape\" must be an array of integers") }
+            shape.append(d)
+        }
+        guard case let .array(offsets) = offsetsValue, offsets.count == 2,
+              case let .integer(begin) = offsets[0], case let .integer(end) = offsets[1] else {
+            throw invalid("\"data_offsets\" must be an array of two integers")
+        }
+
+        // Byte count, checked for negative dimensions and overflow.
+        var elements = 1
+        for d in shape {
+            guard d >= 0 else { throw SafeTensorsError.invalidShape(path: path, tensor: name, shape: shape) }
+            let (product, overflow) = elements.multipliedReportingOverflow(by: d)
+            guard !overflow else { throw SafeTensorsError.invalidShape(path: path, tensor: name, shape: shape) }
+            elements = product
+        }
+        let (expectedBytes, overflow) = elements.multipliedReportingOverflow(by: dtype.byteSize)
+        guard !overflow else { throw SafeTensorsError.invalidShape(path: path, tensor: name, shape: shape) }
+
+        guard begin >= 0, begin <= end else { throw SafeTensorsError.invalidOffsets(path: path, tensor: name, begin: begin, end: end) }
+        guard end <= dataSize else { throw SafeTensorsError.dataOutOfBounds(path: path, tensor: name, end: end, dataSize: dataSize) }
+        guard end - begin == expectedBytes else {
+            throw SafeTensorsError.sizeMismatch(path: path, tensor: name, dtype: dtype.rawValue, shape: shape,
+                                                expectedBytes: expectedBytes, actualBytes: end - begin)
+        }
+        return TensorInfo(name: name, dtype: dtype, shape: shape, byteRange: begin..<end)
+    }
+}
+
+// MARK: - Strict JSON
+
+/// A JSON value, parsed strictly by a small hand-written parser: integers stay integers (no Bool or
+/// Double coercion), duplicate keys and nesting deeper than `maxDepth` are errors, and every error
+/// gives its byte offset. Headers are untrusted input (Foundation's decoder recurses without limit,
+/// reports no position, and on Linux cannot tell 2.5 from invalid JSON). Also used by `BertConfig`.
+enum StrictJSON: Decodable, Equatable {
+    case null
+    case bool(Bool)
+    case integer(Int)
+    case number(Double)   // has a fraction or exponent, or does not fit in Int
+    case string(String)
+    case array([StrictJSON])
+    case object([String: StrictJSON])
+
+    static let maxDepth = 64
+
+    struct ParseError: Error, CustomStringConvertible {
+        let offset: Int
+        let reason: String
+        var description: String { "\(reason) at byte \(offset)" }
+    }
+
+    static func parse(_ data: Data) throws -> StrictJSON {
+        try data.withUnsafeBytes { try parse($0) }
+    }
+
+    static func parse(_ bytes: UnsafeRawBufferPointer) throws -> StrictJSON {
+        var parser = Parser(bytes: bytes)
+        parser.skipWhitespace()
+        let value = try parser.value(depth: 0)
+        parser.skipWhitespace()
+        guard parser.position == bytes.count else { throw parser.error("unexpected content after the JSON value") }
+        return value
+    }
+
+    /// For `Codable` callers (e.g. `BertConfig` decoded from another document).
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let v = try? c.decode(Bool.self) { self = .bool(v) }
+        else if let v = try? c.decode(Int.self) { self = .integer(v) }
+        else if let v = try? c.decode(Double.self) { self = .number(v) }
+        else if let v = try? c.decode(String.self) { self = .string(v) }
+        else if let v = try? c.decode([StrictJSON].self) { self = .array(v) }
+        else { self = .object(try c.decode([String: StrictJSON].self)) }
+    }
+
+    private struct Parser {
+        let bytes: UnsafeRawBufferPointer
+        var position = 0
+
+        init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+        var current: UInt8? { position < bytes.count ? bytes[position] : nil }
+
+        func error(_ reason: String, at offset: Int? = nil) -> ParseError {
+            ParseError(offset: offset ?? position, reason: reason)
+        }
+
+        mutating func skipWhitespace() {
+            while let c = current, c == JSONByte.space || c == JSONByte.tab || c == JSONByte.newline || c == JSONByte.carriageReturn { position += 1 }
+        }
+
+        mutating func value(depth: Int) throws -> StrictJSON {
+            guard let c = current else { throw error("unexpected end of input") }
+            switch c {
+            case JSONByte.openBrace: return try object(depth: depth + 1)
+            case JSONByte.openBracket: return try array(depth: depth + 1)
+            case JSONByte.quote: return .string(try string())
+            case UInt8(ascii: "t"): return try literal("true", .bool(true))
+            case UInt8(ascii: "f"): return try literal("false", .bool(false))
+            case UInt8(ascii: "n"): return try literal("null", .null)
+            case JSONByte.minus, UInt8(ascii: "0")...UInt8(ascii: "9"): return try number()
+            default: throw error(c >= 0x21 && c < 0x7F ? "unexpected character '\(Character(Unicode.Scalar(c)))'" : "unexpected byte 0x\(String(c, radix: 16))")
+            }
+        }
+
+        mutating func literal(_ word: String, _ result: StrictJSON) throws -> StrictJSON {
+            let start = position
+            for b in word.utf8 {
+                guard current == b else { throw error("invalid literal (expected \(word))", at: start) }
+                position += 1
+            }
+            return result
+        }
+
+        mutating func object(depth: Int) throws -> StrictJSON {
+            guard depth <= StrictJSON.maxDepth else { throw error("nesting deeper than \(StrictJSON.maxDepth)") }
+            position += 1  // {
+            var members: [String: StrictJSON] = [:]
+            skipWhitespace()
+            if current == JSONByte.closeBrace { position += 1; return .object(members) }
+            while true {
+                skipWhitespace()
+                guard current == JSONByte.quote else { throw error("expected a string key") }
+                let keyOffset = position
+                let key = try string()
+                skipWhitespace()
+                guard current == JSONByte.colon else { throw error("expected ':'") }
+                position += 1
+                skipWhitespace()
+                let member = try value(depth: depth)
+                guard members.updateValue(member, forKey: key) == nil else {
+                    throw error("duplicate key \"\(key)\"", at: keyOffset)
+                }
+                skipWhitespace()
+                switch current {
+                case JSONByte.comma: position += 1
+                case JSONByte.closeBrace: position += 1; return .object(members)
+                default: throw error("expected ',' or '}'")
+                }
+            }
+        }
+
+        mutating func array(depth: Int) throws -> StrictJSON {
+            guard depth <= StrictJSON.maxDepth else { throw error("nesting deeper than \(StrictJSON.maxDepth)") }
+            position += 1  // [
+            var elements: [StrictJSON] = []
+            skipWhitespace()
+            if current == JSONByte.closeBracket { position += 1; return .array(elements) }
+            while true {
+                skipWhitespace()
+                elements.append(try value(depth: depth))
+                skipWhitespace()
+                switch current {
+                case JSONByte.comma: position += 1
+                case JSONByte.closeBracket: position += 1; return .array(elements)
+                default: throw error("expected ',' or ']'")
+                }
+            }
+        }
+
+        mutating func string() throws -> String {
+            let start = position
+            position += 1  // opening quote
+            var utf8: [UInt8] = []
+            var run = position  // start of the current unescaped run
+            while true {
+                guard let c = current else { throw error("unterminated string", at: start) }
+                if c == JSONByte.quote {
+                    utf8.append(contentsOf: bytes[run..<position])
+                    position += 1
+                    break
+                }
+                guard c >= 0x20 else { throw error("unescaped control character in string") }
+                guard c == JSONByte.backslash else { position += 1; continue }
+                utf8.append(contentsOf: bytes[run..<position])
+                position += 1
+                guard let escape = current else { throw error("unterminated string", at: start) }
+                position += 1
+                switch escape {
+                case JSONByte.quote, JSONByte.backslash, JSONByte.slash: utf8.append(escape)
+                case UInt8(ascii: "b"): utf8.append(0x08)
+                case UInt8(ascii: "f"): utf8.append(0x0C)
+                case UInt8(ascii: "n"): utf8.append(JSONByte.newline)
+                case UInt8(ascii: "r"): utf8.append(JSONByte.carriageReturn)
+                case UInt8(ascii: "t"): utf8.append(JSONByte.tab)
+                case UInt8(ascii: "u"):
+                    var code = try hex4()
+                    if (0xD800..<0xDC00).contains(code) {
+                        // A high surrogate must be followed by an escaped low surrogate.
+                        guard current == JSONByte.backslash, position + 1 < bytes.count, bytes[position + 1] == UInt8(ascii: "u") else {
+                            throw error("unpaired surrogate in \\u escape")
+                        }
+                        position += 2
+                        let low = try hex4()
+                        guard (0xDC00..<0xE000).contains(low) else { throw error("unpaired surrogate in \\u escape") }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                    } else if (0xDC00..<0xE000).contains(code) {
+                        throw error("unpaired surrogate in \\u escape")
+                    }
+                    UTF8.encode(Unicode.Scalar(code)!) { utf8.append($0) }
+                default:
+                    throw error("invalid escape '\\\(Character(Unicode.Scalar(escape)))'", at: position - 2)
+                }
+                run = position
+            }
+            guard let text = String(validating: utf8, as: UTF8.self) else { throw error("string is not valid UTF-8", at: start) }
+            return text
+        }
+
+        mutating func hex4() throws -> UInt32 {
+            guard position + 4 <= bytes.count else { throw error("truncated \\u escape") }
+            var code: UInt32 = 0
+            for _ in 0..<4 {
+                let c = bytes[position]
+                let digit: UInt8
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = c - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = c - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = c - UInt8(ascii: "A") + 10
+                default: throw error("invalid hex digit in \\u escape")
+                }
+                code = code << 4 | UInt32(digit)
+                position += 1
+            }
+            return code
+        }
+
+        mutating func number() throws -> StrictJSON {
+            let start = position
+            func digits() -> Int {
+                let from = position
+                while let c = current, c >= UInt8(ascii: "0"), c <= UInt8(ascii: "9") { position += 1 }
+                return position - from
+            }
+            if current == JSONByte.minus { position += 1 }
+            if current == UInt8(ascii: "0") {
+                position += 1
+            } else if digits() == 0 {
+                throw error("invalid number", at: start)
+            }
+            var integral = true
+            if current == JSONByte.dot {
+                integral = false
+                position += 1
+                guard digits() > 0 else { throw error("invalid number", at: start) }
+            }
+            if current == UInt8(ascii: "e") || current == UInt8(ascii: "E") {
+                integral = false
+                position += 1
+                if current == JSONByte.plus || current == JSONByte.minus { position += 1 }
+                guard digits() > 0 else { throw error("invalid number", at: start) }
+            }
+            let text = String(decoding: bytes[start..<position], as: UTF8.self)
+            if integral, let value = Int(text) { return .integer(value) }
+            guard let value = Double(text), value.isFinite else { throw error("number \(text) is out of range", at: start) }
+            return .number(value)
+        }
+    }
+}
+
+/// The bytes of JSON syntax.
+private enum JSONByte {
+    static let space = UInt8(ascii: " "), tab = UInt8(ascii: "\t"), newline = UInt8(ascii: "\n")
+    static let carriageReturn = UInt8(ascii: "\r"), quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+    static let slash = UInt8(ascii: "/"), colon = UInt8(ascii: ":"), comma = UInt8(ascii: ",")
+    static let openBrace = UInt8(ascii: "{"), closeBrace = UInt8(ascii: "}")
+    static let openBracket = UInt8(ascii: "["), closeBracket = UInt8(ascii: "]")
+    static let minus = UInt8(ascii: "-"), plus = UInt8(ascii: "+"), dot = UInt8(ascii: ".")
+}
+
+// MARK: - Half-precision conversion (exact: every F16 and BF16 value is representable in F32)
+
+/// IEEE 754 binary16 bits to Float, by hand so it does not depend on Float16 being available.
+@inline(__always)
+func floatFromHalfBits(_ h: UInt16) -> Float {
+    let sign = UInt32(h >> 15) << 31
+    let exponent = UInt32(h >> 10) & 0x1F
+    let mantissa = UInt32(h) & 0x3FF
+    switch exponent {
+    case 0:
+        // Zero or subnormal: mantissa * 2^-24, exact in Float (mantissa < 2^10).
+        let magnitude = Float(mantissa) * 0x1p-24
+        return sign != 0 ? -magnitude : magnitude
+    case 0x1F:
+        // Infinity or NaN (payload kept).
+        return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13))
+    default:
+        // Rebias the exponent from 15 to 127.
+        return Float(bitPattern: sign | ((exponent + 112) << 23) | (mantissa << 13))
+    }
+}
+
+/// bfloat16 is the top half of a binary32.
+@inline(__always)
+func floatFromBFloat16Bits(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }
+
+// MARK: - Writer
+
+/// Collects tensors and writes a safetensors file.
+///
+/// Layout matches the reference writer, so Python's `safetensors` loads the result: the header is
+/// JSON with sorted keys, padded with spaces so the data section starts 8-byte aligned; tensors are
+/// contiguous (the reference reader rejects gaps), ordered by element size, largest first (I64 before
+/// F32), in insertion order within a size, which aligns every tensor to its element size.
+public struct SafeTensorsWriter {
+    private struct Entry {
+        let name: String
+        let dtype: SafeTensorsDType
+        let shape: [Int]
+        let bytes: Data
+    }
+
+    private var entries: [Entry] = []
+    private var names: Set<String> = []
+    public var metadata: [String: String] = [:]
+
+    public init() {}
+
+    /// Adds an F32 tensor.
+    public mutating func add(_ name: String, shape: [Int], floats: [Float]) throws {
+        try floats.withUnsafeBufferPointer { try add(name, shape: shape, floats: $0) }
+    }
+
+    /// Adds an F32 tensor, copying `floats`.
+    public mutating func add(_ name: String, shape: [Int], floats: UnsafeBufferPointer<Float>) throws {
+        try check(name, shape: shape, count: floats.count)
+        #if _endian(little)
+        let bytes = Data(buffer: floats)
+        #else
+        let bytes = Data(floats.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
+        #endif
+        entries.append(Entry(name: name, dtype: .f32, shape: shape, bytes: bytes))
+    }
+
+    /// Adds an I64 tensor.
+    public mutating func add(_ name: String, shape: [Int], int64s: [Int64]) throws {
+        try check(name, shape: shape, count: int64s.count)
+        #if _endian(little)
+        let bytes = int64s.withUnsafeBufferPointer { Data(buffer: $0) }
+        #else
+        let bytes = Data(int64s.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) })
+        #endif
+        entries.append(Entry(name: name, dtype: .i64, shape: shape, bytes: bytes))
+    }
+
+    private mutating func check(_ name: String, shape: [Int], count: Int) throws {
+        guard name != "__metadata__" else { throw SafeTensorsError.reservedName(tensor: name) }
+        guard !names.contains(name) else { throw SafeTensorsError.duplicateTensor(tensor: name) }
+        var product = 1
+        for d in shape {
+            let (p, overflow) = product.multipliedReportingOverflow(by: d)
+            guard d >= 0, !overflow else { throw SafeTensorsError.shapeMismatch(tensor: name, shape: shape, count: count) }
+            product = p
+        }
+        guard product == count else { throw SafeTensorsError.shapeMismatch(tensor: name, shape: shape, count: count) }
+        names.insert(name)
+    }
+
+    /// The tensors in file order with their data offsets.
+    private func layout() -> [(entry: Entry, begin: Int)] {
+        let ordered = entries.enumerated()
+            .sorted { ($1.element.dtype.byteSize, $0.offset) < ($0.element.dtype.byteSize, $1.offset) }
+            .map(\.element)
+        var offset = 0
+        return ordered.map { entry in
+            defer { offset += entry.bytes.count }
+            return (entry, offset)
+        }
+    }
+
+    /// The header: 8-byte length followed by space-padded JSON.
+    private func headerBytes(for layout: [(entry: Entry, begin: Int)]) -> Data {
+        var members: [(key: String, json: String)] = layout.map { item in
+            let e = item.entry
+            let shape = e.shape.map(String.init).joined(separator: ",")
+            return (e.name, "{\"data_offsets\":[\(item.begin),\(item.begin + e.bytes.count)],\"dtype\":\"\(e.dtype.rawValue)\",\"shape\":[\(shape)]}")
+        }
+        if !metadata.isEmpty {
+            let items = metadata.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)):\(jsonString($0.value))" }
+            members.append(("__metadata__", "{" + items.joined(separator: ",") + "}"))
+        }
+        members.sort { $0.key < $1.key }
+        var json = Data(("{" + members.map { "\(jsonString($0.key)):\($0.json)" }.joined(separator: ",") + "}").utf8)
+        json.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - json.count % 8) % 8))
+
+        var header = Data(capacity: 8 + json.count)
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { header.append(contentsOf: $0) }
+        header.append(json)
+        return header
+    }
+
+    /// The complete file.
+    public func serialized() -> Data {
+        let items = layout()
+        var data = headerBytes(for: items)
+        for item in items { data.append(item.entry.bytes) }
+        return data
+    }
+
+    /// Writes the file atomically (see `AtomicFile`): a crash leaves the old file or the new one.
+    public func write(to url: URL) throws {
+        let items = layout()
+        let header = headerBytes(for: items)
+        try AtomicFile.write(to: url) { handle in
+            try handle.write(contentsOf: header)
+            for item in items where !item.entry.bytes.isEmpty { try handle.write(contentsOf: item.entry.bytes) }
+        }
+    }
+}
+
+/// A JSON string literal: quotes, backslashes and control characters escaped; other text as UTF-8.
+private func jsonString(_ s: String) -> String {
+    var out = "\""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20:
+            out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
+}

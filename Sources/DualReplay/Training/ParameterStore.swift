@@ -1,0 +1,91 @@
+import Foundation
+
+/// Trainable parameters of a method in ONE arena, with gradients and AdamW moments in the same
+/// layout (llm.c style): the optimizer is one flat loop per contiguous trainable range, and a
+/// data-parallel gradient sync is one all-reduce over `grads`.
+///
+/// Tensors are added when a method is built or a domain arrives (a gate row, a head); adding
+/// reallocates, so pointers must be fetched again afterwards — never inside a step.
+public final class ParameterStore {
+    public struct Tensor: Codable, Equatable, Sendable {
+        public let name: String
+        public let shape: [Int]
+        public let offset: Int
+        public var count: Int { shape.reduce(1, *) }
+        /// adapter, gate, head, router, lora, base, ...
+        public let group: String
+        public var trainable: Bool
+        /// Decoupled weight decay applies only where true (not to biases, gates, LayerNorm).
+        public var decay: Bool
+    }
+
+    public private(set) var tensors: [Tensor] = []
+    private var index: [String: Int] = [:]
+    public private(set) var values = FloatArena(count: 0)
+    public private(set) var grads = FloatArena(count: 0)
+    public private(set) var moment1 = FloatArena(count: 0)
+    public private(set) var moment2 = FloatArena(count: 0)
+    public var count: Int { tensors.last.map { $0.offset + $0.count } ?? 0 }
+
+    public init() {}
+
+    /// Adds a tensor initialised by `initializer(i)`; returns its index.
+    @discardableResult
+    public func add(_ name: String, shape: [Int], group: String, trainable: Bool = true, decay: Bool = false,
+                    initializer: (Int) -> Float) -> Int {
+        precondition(index[name] == nil, "duplicate parameter \(name)")
+        let n = shape.reduce(1, *)
+        let t = Tensor(name: name, shape: shape, offset: count, group: group, trainable: trainable, decay: decay)
+        grow(to: count + n)
+        for i in 0..<n { values.base[t.offset + i] = initializer(i) }
+        tensors.append(t)
+        index[name] = tensors.count - 1
+        return tensors.count - 1
+    }
+
+    private func grow(to newCount: Int) {
+        func enlarged(_ a: FloatArena) -> FloatArena {
+            let b = FloatArena(count: newCount)
+            if a.count > 0 { b.base.update(from: a.base, count: a.count) }
+            return b
+        }
+        values = enlarged(values)
+        grads = enlarged(grads)
+        moment1 = enlarged(moment1)
+        moment2 = enlarged(moment2)
+    }
+
+    public func contains(_ name: String) -> Bool { index[name] != nil }
+    public func tensor(_ name: String) -> Tensor {
+        guard let i = index[name] else { preconditionFailure("unknown parameter \(name)") }
+        return tensors[i]
+    }
+    public func value(_ name: String) -> UnsafeMutablePointer<Float> { values.base + tensor(name).offset }
+    public func grad(_ name: String) -> UnsafeMutablePointer<Float> { grads.base + tensor(name).offset }
+    /// The gradient pointer when the tensor trains, nil when frozen (the kernels skip its GEMM).
+    public func gradIfTrainable(_ name: String) -> UnsafeMutablePointer<Float>? {
+        let t = tensor(name)
+        return t.trainable ? grads.base + t.offset : nil
+    }
+    public func array(_ name: String) -> [Float] {
+        let t = tensor(name)
+        return Array(UnsafeBufferPointer(start: values.base + t.offset, count: t.count))
+    }
+
+    public func setTrainable(_ trainable: Bool, where predicate: (Tensor) -> Bool) {
+        for i in tensors.indices where predicate(tensors[i]) { tensors[i].trainable = trainable }
+    }
+
+    public var trainableCount: Int { tensors.filter(\.trainable).reduce(0) { $0 + $1.count } }
+    public func count(group: String) -> Int { tensors.filter { $0.group == group }.reduce(0) { $0 + $1.count } }
+
+    public func zeroGrads() { grads.zero() }
+
+    /// Restores values and moments (checkpoint resume); the layout must match exactly.
+    public func load(values v: [Float], moment1 m1: [Float], moment2 m2: [Float]) {
+        precondition(v.count == count && m1.count == count && m2.count == count)
+        v.withUnsafeBufferPointer { values.base.update(from: $0.baseAddress!, count: count) }
+        m1.withUnsafeBufferPointer { moment1.base.update(from: $0.baseAddress!, count: count) }
+        m2.withUnsafeBufferPointer { moment2.base.update(from: $0.baseAddress!, count: count) }
+    }
+}

@@ -1,0 +1,250 @@
+import CKernels
+import Foundation
+import Testing
+@testable import DualReplay
+
+/// Encoder kernels against plain-loop references (Double) and, for backward passes, against
+/// central finite differences. Error measure: |a - n| / max(1, |a|, |n|).
+@Suite struct EncoderKernelTests {
+    static func relErr(_ a: Double, _ n: Double) -> Double { abs(a - n) / max(1, abs(a), abs(n)) }
+
+    /// Checks d(Σ w·f(x))/dx: `analytic` is the kernel's gradient w.r.t. x; `loss` recomputes
+    /// the scalar with x perturbed in place.
+    static func checkGradient(_ name: String, x: inout [Float], analytic: [Float], h: Float = 1e-2,
+                              tol: Double = 1e-3, loss: ([Float]) -> Double,
+                              sourceLocation: SourceLocation = #_sourceLocation) {
+        var worst = 0.0
+        for i in x.indices {
+            let orig = x[i]
+            x[i] = orig + h; let lp = loss(x)
+            x[i] = orig - h; let lm = loss(x)
+            x[i] = orig
+            let numeric = (lp - lm) / (2 * Double(h))
+            worst = max(worst, relErr(Double(analytic[i]), numeric))
+        }
+        #expect(worst <= tol, "\(name): worst gradient error \(worst)", sourceLocation: sourceLocation)
+    }
+
+    static func dot(_ a: [Float], _ w: [Float]) -> Double {
+        var s = 0.0
+        for i in a.indices { s += Double(a[i]) * Double(w[i]) }
+        return s
+    }
+
+    // MARK: - forward references
+
+    @Test func matmulMatchesReference() {
+        var rng = SeededRandom(seed: 1)
+        let N = 5, C = 7, OC = 3
+        let x = rng.floats(N * C), w = rng.floats(OC * C), b = rng.floats(OC)
+        var out = [Float](repeating: 0, count: N * OC)
+        dr_matmul_forward(&out, x, w, b, Int64(N), Int64(C), Int64(OC))
+        for i in 0..<N {
+            for o in 0..<OC {
+                var s = Double(b[o])
+                for c in 0..<C { s += Double(x[i * C + c]) * Double(w[o * C + c]) }
+                #expect(abs(Double(out[i * OC + o]) - s) < 1e-5)
+            }
+        }
+    }
+
+    @Test func layerNormMatchesReferenceAndGradients() {
+        var rng = SeededRandom(seed: 2)
+        let N = 4, C = 9
+        var x = rng.floats(N * C, -2, 2), w = rng.floats(C), b = rng.floats(C)
+        let eps: Float = 1e-5
+        var out = [Float](repeating: 0, count: N * C), mean = [Float](repeating: 0, count: N), rstd = mean
+        dr_layernorm_forward(&out, &mean, &rstd, x, w, b, Int64(N), Int64(C), eps)
+        for i in 0..<N {
+            let row = (0..<C).map { Double(x[i * C + $0]) }
+            let m = row.reduce(0, +) / Double(C)
+            let v = row.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(C)
+            for c in 0..<C {
+                let ref = (row[c] - m) / (v + Double(eps)).squareRoot() * Double(w[c]) + Double(b[c])
+                #expect(abs(Double(out[i * C + c]) - ref) < 1e-5)
+            }
+        }
+        let gw = rng.floats(N * C)
+        var dx = [Float](repeating: 0, count: N * C), dw = [Float](repeating: 0, count: C), db = dw
+        dr_layernorm_backward(&dx, &dw, &db, gw, x, w, mean, rstd, Int64(N), Int64(C))
+        func loss(_ x: [Float], _ w: [Float], _ b: [Float]) -> Double {
+            var o = [Float](repeating: 0, count: N * C)
+            dr_layernorm_forward(&o, nil, nil, x, w, b, Int64(N), Int64(C), eps)
+            return Self.dot(o, gw)
+        }
+        let (w0, b0, x0) = (w, b, x)
+        Self.checkGradient("layernorm dx", x: &x, analytic: dx, h: 1e-3) { loss($0, w0, b0) }
+        Self.checkGradient("layernorm dw", x: &w, analytic: dw, h: 1e-3) { loss(x0, $0, b0) }
+        Self.checkGradient("layernorm db", x: &b, analytic: db, h: 1e-3) { loss(x0, w0, $0) }
+    }
+
+    @Test func geluIsExactErfAndGradientChecks() {
+        var rng = SeededRandom(seed: 3)
+        var x = rng.floats(64, -4, 4)
+        var out = [Float](repeating: 0, count: x.count)
+        dr_gelu_forward(&out, x, Int64(x.count))
+        for i in x.indices {
+            let v = Double(x[i])
+            #expect(abs(Double(out[i]) - 0.5 * v * (1 + erf(v / 2.0.squareRoot()))) < 1e-6)
+        }
+        let gw = rng.floats(x.count)
+        var dx = [Float](repeating: 0, count: x.count)
+        dr_gelu_backward(&dx, x, gw, Int64(x.count))
+        Self.checkGradient("gelu", x: &x, analytic: dx, h: 1e-3) { x in
+            var o = [Float](repeating: 0, count: x.count)
+            dr_gelu_forward(&o, x, Int64(x.count))
+            return Self.dot(o, gw)
+        }
+    }
+
+    @Test func attentionMatchesReferenceAndGradients() {
+        var rng = SeededRandom(seed: 4)
+        let C = 8, NH = 2, HS = C / NH
+        let lens = [3, 1, 5]
+        var cu: [Int64] = [0]
+        for l in lens { cu.append(cu.last! + Int64(l)) }
+        let N = Int(cu.last!), B = lens.count
+        var qkv = rng.floats(N * 3 * C, -1.5, 1.5)
+        let PS = Int(dr_attention_prob_size(cu, Int64(B), Int64(NH)))
+        #expect(PS == NH * lens.reduce(0) { $0 + $1 * $1 })
+        var out = [Float](repeating: 0, count: N * C), probs = [Float](repeating: 0, count: PS)
+        dr_attention_forward(&out, &probs, qkv, cu, Int64(B), Int64(C), Int64(NH))
+        // reference: each sequence attends only to itself
+        for b in 0..<B {
+            let t0 = Int(cu[b]), T = lens[b]
+            for h in 0..<NH {
+                for i in 0..<T {
+                    var s = [Double](repeating: 0, count: T)
+                    for j in 0..<T {
+                        for d in 0..<HS {
+                            s[j] += Double(qkv[(t0 + i) * 3 * C + h * HS + d]) * Double(qkv[(t0 + j) * 3 * C + C + h * HS + d])
+                        }
+                        s[j] /= Double(HS).squareRoot()
+                    }
+                    let m = s.max()!
+                    let e = s.map { exp($0 - m) }, z = e.reduce(0, +)
+                    for d in 0..<HS {
+                        var o = 0.0
+                        for j in 0..<T { o += e[j] / z * Double(qkv[(t0 + j) * 3 * C + 2 * C + h * HS + d]) }
+                        #expect(abs(Double(out[(t0 + i) * C + h * HS + d]) - o) < 1e-5)
+                    }
+                }
+            }
+        }
+        let gw = rng.floats(N * C)
+        var dqkv = [Float](repeating: 0, count: N * 3 * C), scratch = [Float](repeating: 0, count: 8)
+        dr_attention_backward(&dqkv, &scratch, gw, qkv, probs, cu, Int64(B), Int64(C), Int64(NH))
+        Self.checkGradient("attention dqkv", x: &qkv, analytic: dqkv, h: 1e-3) { q in
+            var o = [Float](repeating: 0, count: N * C), p = [Float](repeating: 0, count: PS)
+            dr_attention_forward(&o, &p, q, cu, Int64(B), Int64(C), Int64(NH))
+            return Self.dot(o, gw)
+        }
+    }
+
+    @Test func poolingAndNormalisation() {
+        var rng = SeededRandom(seed: 5)
+        let C = 6, cu: [Int64] = [0, 2, 5]
+        let x = rng.floats(5 * C)
+        var mean = [Float](repeating: 0, count: 2 * C), cls = mean, norm = mean
+        dr_mean_pool_forward(&mean, x, cu, 2, Int64(C))
+        dr_cls_pool_forward(&cls, x, cu, 2, Int64(C))
+        for c in 0..<C {
+            #expect(abs(mean[c] - (x[c] + x[C + c]) / 2) < 1e-6)
+            #expect(abs(mean[C + c] - (x[2 * C + c] + x[3 * C + c] + x[4 * C + c]) / 3) < 1e-6)
+            #expect(cls[c] == x[c] && cls[C + c] == x[2 * C + c])
+        }
+        dr_l2_normalize_forward(&norm, mean, 2, Int64(C))
+        for b in 0..<2 {
+            let n = (0..<C).reduce(Float(0)) { $0 + norm[b * C + $1] * norm[b * C + $1] }
+            #expect(abs(n - 1) < 1e-5)
+        }
+    }
+
+    // MARK: - the whole encoder
+
+    static let tinyConfig = BertConfig(layers: 2, hidden: 8, heads: 2, intermediate: 12, vocabSize: 20,
+                                       maxPositions: 10, typeVocabSize: 2, layerNormEps: 1e-12, hiddenAct: "gelu")
+    static let tinyBatch = PackedBatch([[1, 5, 7, 2], [1, 3], [1, 9, 9, 4, 2]])
+
+    static func tinyTokenizer() -> BertTokenizer {
+        try! BertTokenizer(vocab: (0..<20).map { $0 == 0 ? "[PAD]" : $0 == 1 ? "[CLS]" : $0 == 2 ? "[SEP]" : $0 == 3 ? "[UNK]" : "t\($0)" })
+    }
+
+    @Test func packingNeverChangesResults() {
+        let weights = BertWeights(config: Self.tinyConfig, seed: 7)
+        let tok = Self.tinyTokenizer()
+        let enc = SentenceEncoder(weights: weights, tokenizer: tok)
+        let seqs: [[Int32]] = [[1, 5, 7, 2], [1, 3], [1, 9, 9, 4, 2]]
+        let out = enc.forward(PackedBatch(seqs))
+        let together = (0..<seqs.count).map { out.hidden(layer: 2, sequence: $0) }
+        for (b, s) in seqs.enumerated() {
+            let alone = enc.forward(PackedBatch([s])).hidden(layer: 2)
+            let inBatch = together[b]
+            let d = zip(alone, inBatch).map { abs($0 - $1) }.max()!
+            #expect(d < 1e-5, "sequence \(b): \(d)")
+        }
+    }
+
+    /// Full fine-tune gradients of every parameter tensor and the frozen-base path, against
+    /// finite differences in double-accumulated loss.
+    @Test func encoderBackwardMatchesFiniteDifferences() {
+        let cfgS = Self.tinyConfig
+        let weights = BertWeights(config: cfgS, seed: 11)
+        var rng = SeededRandom(seed: 12)
+        let batch = Self.tinyBatch
+        let N = batch.tokenCount, C = cfgS.hidden
+        let gw = rng.floats(N * C)
+        let tok = Self.tinyTokenizer()
+        let enc = SentenceEncoder(weights: weights, tokenizer: tok)
+        _ = enc.forward(batch)
+
+        // analytic: all weight gradients
+        let grads = BertWeights(config: cfgS)
+        var cfg = cfgS.kernelConfig
+        var p = weights.params, g = grads.params
+        let maxT = (0..<batch.count).map { batch.length($0) }.max()!
+        var scratch = [Float](repeating: 0, count: Int(dr_bert_backward_scratch_size(&cfg, nil, Int64(N), Int64(batch.count), Int64(maxT))))
+        var dinput = [Float](repeating: 0, count: N * C)
+        batch.tokenIds.withUnsafeBufferPointer { ids in
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_bert_backward(&g, nil, &dinput, &scratch, gw, &enc.workspace.acts, nil, &p, nil, &cfg, ids.baseAddress, nil,
+                                 cu.baseAddress, Int64(batch.count), 0)
+            }
+        }
+        // numeric, tensor by tensor (positions beyond the longest sequence get zero gradient)
+        var offset = 0
+        var worstByTensor: [String: Double] = [:]
+        for (ti, n) in weights.tensorSizes.enumerated() {
+            var worst = 0.0
+            for k in 0..<n {
+                let i = offset + k
+                let orig = weights.arena.base[i]
+                // embedding rows feed a LayerNorm over few, small entries: a smaller step
+                let h: Float = ti < 3 ? 1e-3 : 1e-2
+                weights.arena.base[i] = orig + h
+                let lp = Self.dot(enc.forward(batch).hidden(layer: cfgS.layers), gw)
+                weights.arena.base[i] = orig - h
+                let lm = Self.dot(enc.forward(batch).hidden(layer: cfgS.layers), gw)
+                weights.arena.base[i] = orig
+                let num = (lp - lm) / (2 * Double(h))
+                worst = max(worst, Self.relErr(Double(grads.arena.base[i]), num))
+            }
+            worstByTensor[BertWeights.tensorNames[ti]] = worst
+            offset += n
+        }
+        for (name, worst) in worstByTensor.sorted(by: { $0.key < $1.key }) {
+            #expect(worst <= 1e-3, "encoder d\(name): worst error \(worst)")
+        }
+        // frozen base: no weight gradients at all, input gradient of the layer above identical
+        var dinputFrozen = [Float](repeating: 0, count: N * C)
+        _ = enc.forward(batch)
+        batch.tokenIds.withUnsafeBufferPointer { ids in
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_bert_backward(nil, nil, &dinputFrozen, &scratch, gw, &enc.workspace.acts, nil, &p, nil, &cfg, ids.baseAddress, nil,
+                                 cu.baseAddress, Int64(batch.count), 0)
+            }
+        }
+        let d = zip(dinput, dinputFrozen).map { abs($0 - $1) }.max()!
+        #expect(d < 1e-6)
+    }
+}
