@@ -400,6 +400,20 @@ struct DataTests {
         #expect(scenario.numClasses == 72)
     }
 
+    @Test func syntheticUtterancesNameTheirBrand() {
+        // Intent kinds recur across domains, so the brand is what makes an utterance attributable.
+        for kind in SyntheticCorpus.intentKinds {
+            for template in kind.templates {
+                #expect(template.contains("{brand}") || template.contains("{product}"), "\(kind.name): \(template)")
+            }
+        }
+        let domains = SyntheticCorpus.make(config: SyntheticConfig(domains: 5, trainPerIntent: 20, seed: 4, typoRate: 0))
+        for d in domains {
+            let brand = String(d.name.split(separator: "_")[0])
+            #expect(d.train.allSatisfy { $0.text.lowercased().contains(brand) })
+        }
+    }
+
     @Test func syntheticHeadTailSkew() {
         let domains = SyntheticCorpus.make(config: SyntheticConfig(domains: 6, intentsPerDomain: 5, trainPerIntent: 60,
                                                                    valPerIntent: 4, testPerIntent: 6, seed: 2, headTailSkew: 1))

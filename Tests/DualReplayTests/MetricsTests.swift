@@ -113,14 +113,3 @@ struct MetricsTests {
         #expect(EvalSummary.aggregate([first]).forwardTransfer == nil)
     }
 }
-
-@Test func zzPrintSamples() throws {
-    let d = SyntheticCorpus.make(config: SyntheticConfig(domains: 4, intentsPerDomain: 8, trainPerIntent: 3, seed: 0, multiIntentTestPerDomain: 3))
-    for dom in d { print("==", dom.name, dom.intents); for e in dom.train.prefix(12) { print("  ", e.intent, "|", e.text) }; for e in dom.multiIntentTest { print("  M", e.intents, "|", e.text) } }
-    print(SyntheticCorpus.generalText(count: 3, seed: 0))
-    var rng = SeededRandom(seed: 1)
-    let b = try DualStreamBuffer(config: DualStreamConfig(byteBudget: 3000, floorBytes: 100))
-    for dd in Int32(0)..<3 { try b.addDomain(dd, items: (0..<20).map { ReplayItem(tokenIds: [1,2,3], label: dd*10 + Int32($0 % 3), domain: dd, target: rng.floats(2)) }, forgetting: [0: 0.2]) }
-    let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-    print(String(decoding: try enc.encode(b.ledger.last!), as: UTF8.self))
-}

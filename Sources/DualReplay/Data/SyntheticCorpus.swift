@@ -24,7 +24,7 @@ public struct SyntheticConfig: Codable, Hashable, Sendable {
 
     public init(domains: Int = 6, intentsPerDomain: Int = 6, trainPerIntent: Int = 40, valPerIntent: Int = 10,
                 testPerIntent: Int = 20, seed: UInt64 = 0, headTailSkew: Double = 0, multiIntentTestPerDomain: Int = 0,
-                typoRate: Double = 0.02) {
+                typoRate: Double = 0.01) {
         self.domains = domains
         self.intentsPerDomain = intentsPerDomain
         self.trainPerIntent = trainPerIntent
@@ -126,12 +126,14 @@ public enum SyntheticCorpus {
 
         let name = identity.name
         var seen = Set<String>()
-        func utterance(_ kind: IntentKind, _ rng: inout StableRNG, decorate: Bool) -> String {
+        // Every template names the brand (alone or in {product}), so each utterance is attributable to
+        // its domain even when the intent kind and the product category recur elsewhere.
+        func utterance(_ kind: IntentKind, _ rng: inout StableRNG, opener: Bool = true, closer: Bool = true) -> String {
             // Retry a few times to avoid duplicates, so train and test rarely share a sentence.
             var text = ""
             for _ in 0..<12 {
                 text = vocab.render(pick(kind.templates, &rng), &rng)
-                if decorate { text = paraphrase(text, &rng) }
+                text = paraphrase(text, &rng, opener: opener, closer: closer)
                 text = addTypos(text, rate: config.typoRate, &rng)
                 if seen.insert(text).inserted { break }
             }
@@ -142,13 +144,13 @@ public enum SyntheticCorpus {
         let trainCount = config.trainPerIntent(domain: k)
         for kind in kinds {
             for _ in 0..<max(0, trainCount) {
-                train.append(IntentExample(text: utterance(kind, &rng, decorate: true), intent: label(kind), domain: name, split: .train))
+                train.append(IntentExample(text: utterance(kind, &rng), intent: label(kind), domain: name, split: .train))
             }
             for _ in 0..<max(0, config.valPerIntent) {
-                val.append(IntentExample(text: utterance(kind, &rng, decorate: true), intent: label(kind), domain: name, split: .val))
+                val.append(IntentExample(text: utterance(kind, &rng), intent: label(kind), domain: name, split: .val))
             }
             for _ in 0..<max(0, config.testPerIntent) {
-                test.append(IntentExample(text: utterance(kind, &rng, decorate: true), intent: label(kind), domain: name, split: .test))
+                test.append(IntentExample(text: utterance(kind, &rng), intent: label(kind), domain: name, split: .test))
             }
         }
         var multi: [IntentExample] = []
@@ -158,9 +160,9 @@ public enum SyntheticCorpus {
                 let a = rng.stableIndex(below: kinds.count)
                 var b = rng.stableIndex(below: kinds.count - 1)
                 if b >= a { b += 1 }
-                let first = utterance(kinds[a], &rng, decorate: true)
+                let first = utterance(kinds[a], &rng, closer: false)
                     .trimmingCharacters(in: CharacterSet(charactersIn: "?.!"))
-                let second = utterance(kinds[b], &rng, decorate: false)
+                let second = utterance(kinds[b], &rng, opener: false)
                 multi.append(IntentExample(text: first + pick(connectors, &rng) + second,
                                            intents: [label(kinds[a]), label(kinds[b])], domain: name, split: .test))
             }
@@ -171,16 +173,18 @@ public enum SyntheticCorpus {
 
     // MARK: - Surface variation
 
-    static func paraphrase(_ text: String, _ rng: inout StableRNG) -> String {
+    /// Fillers before, politeness after, sometimes "?" or "." and a capital first letter.
+    static func paraphrase(_ text: String, _ rng: inout StableRNG, opener: Bool, closer: Bool) -> String {
         let openers = ["", "", "", "", "hi, ", "hey ", "hello, ", "um ", "so ", "quick question, ", "excuse me, ", "ok so "]
         let closers = ["", "", "", "", " please", " thanks", " thank you", ", can you help", " asap", " if possible"]
-        var out = pick(openers, &rng) + text + pick(closers, &rng)
+        let before = pick(openers, &rng), after = pick(closers, &rng)
+        var out = (opener ? before : "") + text + (closer ? after : "")
         switch rng.stableIndex(below: 10) {
         case 0, 1: out += "?"
         case 2: out += "."
         default: break
         }
-        if rng.stableIndex(below: 5) == 0, let first = out.first {
+        if rng.stableIndex(below: 5) == 0, opener, let first = out.first {
             out = first.uppercased() + out.dropFirst()
         }
         return out
@@ -390,7 +394,7 @@ public enum SyntheticCorpus {
             "can i get my money back for the {brand} {noun}",
             "how long does a refund take for a {product} {item}",
             "i was charged twice for my {brand} {item}, please refund me",
-            "refund the {item} i bought {time}",
+            "refund the {brand} {item} i bought {time}",
             "where is my refund for {brand} order {number}",
             "i returned the {product} {time} and still have no refund",
         ]),
@@ -399,14 +403,14 @@ public enum SyntheticCorpus {
             "i need to reset my {brand} {part}",
             "reset the {part} of my {product} to the default",
             "i forgot my {brand} {part}, how can i reset it",
-            "what's the way to reset {part} for my {noun}",
+            "what's the way to reset {part} for my {brand} {noun}",
             "can you help me reset the {part} on the {product}",
         ]),
         IntentKind(name: "upgrade", deviceOnly: false, templates: [
             "i want to upgrade my {product} {item}",
             "can i upgrade to the newest {brand} {model}",
             "how much does it cost to upgrade my {brand} {item}",
-            "upgrade my {item} to the premium tier",
+            "upgrade my {brand} {item} to the premium tier",
             "is there a better {brand} {noun} i can switch to",
             "i'd like to move my {product} to a higher {item}",
         ]),
@@ -462,13 +466,13 @@ public enum SyntheticCorpus {
             "what is the difference between the {brand} {model} and the {model}",
             "which {brand} {noun} is best for me",
             "compare the {brand} {item} options for me",
-            "should i get the {model} or the {model}",
+            "should i get the {brand} {model} or the {model}",
         ]),
         IntentKind(name: "return_item", deviceOnly: false, templates: [
             "how do i return my {product}",
             "i want to send back the {brand} {noun} i got {time}",
             "can i return a {product} after thirty days",
-            "print a return label for order {number}",
+            "print a return label for my {brand} order {number}",
             "what is the {brand} return policy for the {item}",
         ]),
         IntentKind(name: "report_lost", deviceOnly: false, templates: [

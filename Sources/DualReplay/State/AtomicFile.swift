@@ -48,7 +48,7 @@ public enum AtomicFile {
     }
 
     /// Streaming variant: `body` writes the new content through the handle (use the throwing
-    /// `write(contentsOf:)`). If `body` throws, the target is untouched and the error is rethrown;
+    /// `write(contentsOf:)`; do not close the handle, it is closed here). If `body` throws, the target is untouched and the error is rethrown;
     /// a write error carrying an errno (e.g. ENOSPC) is reported as `AtomicFileError` naming the target.
     public static func write(to url: URL, _ body: (FileHandle) throws -> Void) throws {
         try replace(url) { fd, path in

@@ -17,6 +17,10 @@ public final class ParameterStore {
         public var trainable: Bool
         /// Decoupled weight decay applies only where true (not to biases, gates, LayerNorm).
         public var decay: Bool
+        /// Rows (first dimension) the optimizer may update; nil = all. Lets a growing table
+        /// (gates, router output) train only its newest rows while earlier rows stay frozen.
+        public var trainableRows: Range<Int>? = nil
+        public var rowSize: Int { shape.count > 1 ? shape.dropFirst().reduce(1, *) : 1 }
     }
 
     public private(set) var tensors: [Tensor] = []
@@ -55,6 +59,55 @@ public final class ParameterStore {
         moment2 = enlarged(moment2)
     }
 
+    /// Appends `rows` rows to a tensor (a gate row or router output for a new domain), shifting
+    /// the tensors after it; values, gradients and moments keep their contents.
+    public func appendRows(_ name: String, rows: Int, initializer: (Int) -> Float) {
+        guard let ti = index[name] else { preconditionFailure("unknown parameter \(name)") }
+        let old = tensors[ti]
+        let extra = rows * old.rowSize
+        let newCount = count + extra
+        let insertAt = old.offset + old.count
+        func rebuilt(_ a: FloatArena, fill: (Int) -> Float) -> FloatArena {
+            let b = FloatArena(count: newCount)
+            b.base.update(from: a.base, count: insertAt)
+            for i in 0..<extra { b.base[insertAt + i] = fill(i) }
+            (b.base + insertAt + extra).update(from: a.base + insertAt, count: a.count - insertAt)
+            return b
+        }
+        values = rebuilt(values, fill: initializer)
+        grads = rebuilt(grads) { _ in 0 }
+        moment1 = rebuilt(moment1) { _ in 0 }
+        moment2 = rebuilt(moment2) { _ in 0 }
+        var shape = old.shape
+        shape[0] += rows
+        tensors[ti] = Tensor(name: old.name, shape: shape, offset: old.offset, group: old.group,
+                             trainable: old.trainable, decay: old.decay, trainableRows: old.trainableRows)
+        for j in (ti + 1)..<tensors.count {
+            let t = tensors[j]
+            tensors[j] = Tensor(name: t.name, shape: t.shape, offset: t.offset + extra, group: t.group,
+                                trainable: t.trainable, decay: t.decay, trainableRows: t.trainableRows)
+        }
+    }
+
+    public func setTrainableRows(_ name: String, _ rows: Range<Int>?) {
+        guard let ti = index[name] else { preconditionFailure("unknown parameter \(name)") }
+        tensors[ti].trainableRows = rows
+    }
+
+    /// Contiguous (offset, count, decay) ranges the optimizer updates, for tensors passing `filter`.
+    public func trainableSegments(where filter: (Tensor) -> Bool = { _ in true }) -> [(offset: Int, count: Int, decay: Bool)] {
+        var out: [(Int, Int, Bool)] = []
+        for t in tensors where t.trainable && filter(t) {
+            if let r = t.trainableRows {
+                guard !r.isEmpty else { continue }
+                out.append((t.offset + r.lowerBound * t.rowSize, r.count * t.rowSize, t.decay))
+            } else {
+                out.append((t.offset, t.count, t.decay))
+            }
+        }
+        return out
+    }
+
     public func contains(_ name: String) -> Bool { index[name] != nil }
     public func tensor(_ name: String) -> Tensor {
         guard let i = index[name] else { preconditionFailure("unknown parameter \(name)") }
@@ -76,7 +129,8 @@ public final class ParameterStore {
         for i in tensors.indices where predicate(tensors[i]) { tensors[i].trainable = trainable }
     }
 
-    public var trainableCount: Int { tensors.filter(\.trainable).reduce(0) { $0 + $1.count } }
+    /// Parameters the optimizer updates now.
+    public var trainableCount: Int { trainableSegments().reduce(0) { $0 + $1.count } }
     public func count(group: String) -> Int { tensors.filter { $0.group == group }.reduce(0) { $0 + $1.count } }
 
     public func zeroGrads() { grads.zero() }

@@ -1,0 +1,522 @@
+import CKernels
+import Foundation
+
+public enum AdapterPlacement: String, Codable, Sendable { case output, ffn }
+public enum AdapterActivation: String, Codable, Sendable {
+    case gelu, relu, identity
+    var kernel: dr_act {
+        switch self { case .gelu: DR_ACT_GELU; case .relu: DR_ACT_RELU; case .identity: DR_ACT_IDENTITY }
+    }
+}
+
+/// What a method trains on top of the frozen base.
+public struct ModelSpec: Codable, Equatable, Sendable {
+    /// Gated adapter (Dual-Replay). nil layers = every layer.
+    public var adapter: Bool = false
+    public var bottleneck: Int = 64
+    public var adapterLayers: [Int]? = nil
+    public var placement: AdapterPlacement = .output
+    public var activation: AdapterActivation = .gelu
+    /// Initial value of a new domain's gate entries; `copyPreviousGate` starts it from the last
+    /// domain's gate instead (forward transfer).
+    public var gateInit: Float = 1
+    public var copyPreviousGate: Bool = false
+    /// LoRA on query and value (baselines): rank, alpha.
+    public var lora: Bool = false
+    public var loraRank: Int = 8
+    public var loraAlpha: Float = 16
+    /// A new LoRA set per domain, earlier ones frozen (O-LoRA).
+    public var loraPerDomain: Bool = false
+    /// Train every base weight (sequential full fine-tune baseline).
+    public var fullFineTune: Bool = false
+    /// Domain router: MLP hidden size and the layer whose mean-pooled hidden state it reads.
+    /// nil = the first adapter layer (shares the frozen prefix: no extra cost); a larger value
+    /// runs the frozen layers up to it once more.
+    public var routerHidden: Int = 256
+    public var routerLayer: Int? = nil
+    public var routerDropout: Float = 0.1
+
+    public init() {}
+}
+
+/// A seen domain: its global class range in the head matrix.
+public struct DomainSlot: Codable, Equatable, Sendable {
+    public let name: String
+    public let intents: [String]
+    public let classOffset: Int
+    public var classRange: Range<Int> { classOffset..<(classOffset + intents.count) }
+}
+
+/// One training batch as the step sees it. Rows with label -1 carry no classification loss
+/// (general text); `logitTargets[i]` (over the row's class range) adds logit replay (DER);
+/// `anchorTargets[i]` (C floats) adds the representation-anchoring loss.
+public struct TrainingBatch {
+    public var sequences: [[Int32]] = []
+    public var gateIds: [Int32] = []
+    public var labels: [Int32] = []
+    public var rangeLo: [Int32] = []
+    public var rangeHi: [Int32] = []
+    public var logitTargets: [[Float]?] = []
+    public var anchorTargets: [[Float]?] = []
+    public init() {}
+    public var count: Int { sequences.count }
+    public mutating func append(ids: [Int32], gate: Int32, label: Int32, range: Range<Int>, logits: [Float]? = nil, anchor: [Float]? = nil) {
+        sequences.append(ids); gateIds.append(gate); labels.append(label)
+        rangeLo.append(Int32(range.lowerBound)); rangeHi.append(Int32(range.upperBound))
+        logitTargets.append(logits); anchorTargets.append(anchor)
+    }
+}
+
+public struct LossWeights: Codable, Equatable, Sendable {
+    public var classification: Float = 1
+    public var logitReplay: Float = 0
+    public var anchor: Float = 0
+    public var orthogonality: Float = 0
+    public init() {}
+}
+
+public struct LossParts: Sendable {
+    public var classification = 0.0, logitReplay = 0.0, anchor = 0.0, orthogonality = 0.0
+    public var gradNorm: Float = 0
+    public var total: Double { classification + logitReplay + anchor + orthogonality }
+}
+
+public enum TrainingError: LocalizedError, Equatable {
+    case nonFinite(what: String, step: Int, domain: String)
+    case invalidBatch(String)
+    public var errorDescription: String? {
+        switch self {
+        case let .nonFinite(what, step, domain): return "\(what) is NaN or Inf at step \(step) of domain '\(domain)': training stopped"
+        case .invalidBatch(let s): return "invalid batch: \(s)"
+        }
+    }
+}
+
+/// The frozen encoder plus a method's trainable extensions (adapter + gate table, LoRA sets,
+/// per-domain heads, router), with the workspaces of one training step. Swift owns the
+/// schedule; every numeric pass is a C kernel.
+public final class ContinualModel {
+    public let spec: ModelSpec
+    public let base: BertWeights
+    public let store = ParameterStore()
+    public private(set) var domains: [DomainSlot] = []
+    public var config: BertConfig { base.config }
+    public var classCount: Int { domains.last.map { $0.classOffset + $0.intents.count } ?? 0 }
+    public let adapterLayers: [Int]
+    public private(set) var loraSets = 0
+    public var optimizerStep = 0
+
+    // C views, rebuilt after every structural change (`rebuildViews`)
+    private var baseParams = dr_bert_params()
+    private var baseGrads = dr_bert_params()
+    private var ptrs: [UnsafeMutablePointer<Float>?] = []
+    private var ptrArena: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>
+    private var slotOfLayer: [Int32]
+    private var loraScales: [Float] = []
+
+    // workspaces
+    let workspace: EncoderWorkspace
+    private var extArena = FloatArena(count: 0)
+    private var fwdScratch = FloatArena(count: 0)
+    private var bwdScratch = FloatArena(count: 0)
+    private var xacts = dr_ext_acts()
+
+    public init(base: BertWeights, spec: ModelSpec, seed: UInt64) {
+        self.base = base
+        self.spec = spec
+        let L = base.config.layers, C = base.config.hidden
+        adapterLayers = spec.adapter ? (spec.adapterLayers ?? Array(0..<L)).sorted() : []
+        slotOfLayer = [Int32](repeating: -1, count: L)
+        for (s, l) in adapterLayers.enumerated() { slotOfLayer[l] = Int32(s) }
+        workspace = EncoderWorkspace(config: base.config)
+        ptrArena = .allocate(capacity: 1)
+        rngState = SplitMix64(seed: seed)
+        var rng = rngState
+        let R = spec.bottleneck
+        if spec.fullFineTune {
+            let n = base.arena.count
+            store.add("base", shape: [n], group: "base", decay: true) { base.arena.base[$0] }
+        }
+        for s in adapterLayers.indices {
+            // down: small random; up: zero so a fresh adapter is the identity
+            let sd = 1 / Float(C).squareRoot()
+            store.add("adapter.\(s).down.w", shape: [R, C], group: "adapter", decay: true) { _ in sd * rng.nextGaussian() }
+            store.add("adapter.\(s).down.b", shape: [R], group: "adapter") { _ in 0 }
+            store.add("adapter.\(s).up.w", shape: [C, R], group: "adapter", decay: true) { _ in 0 }
+            store.add("adapter.\(s).up.b", shape: [C], group: "adapter") { _ in 0 }
+            store.add("adapter.\(s).gates", shape: [0, R], group: "gate") { _ in 0 }
+        }
+        if spec.lora && !spec.loraPerDomain { addLoRASet(&rng) }
+        let Hd = spec.routerHidden
+        store.add("router.w1", shape: [Hd, C], group: "router", decay: true) { _ in rng.nextGaussian() / Float(C).squareRoot() }
+        store.add("router.b1", shape: [Hd], group: "router") { _ in 0 }
+        store.add("router.w2", shape: [0, Hd], group: "router", decay: true) { _ in 0 }
+        store.add("router.b2", shape: [0], group: "router") { _ in 0 }
+        rngState = rng
+        rebuildViews()
+    }
+    deinit { ptrArena.deallocate() }
+
+    /// The model's private generator (initialisation of new tensors; checkpointed).
+    public var rngState: SplitMix64
+
+    public var routerLayer: Int {
+        if let l = spec.routerLayer { return min(max(0, l), config.layers) }
+        if spec.placement == .output, let first = adapterLayers.first { return first }
+        return adapterLayers.first ?? config.layers
+    }
+    /// The lowest layer whose output depends on trainable weights (everything below is a
+    /// frozen prefix, shared by routing and cacheable).
+    public var firstTrainableLayer: Int {
+        if spec.fullFineTune { return 0 }
+        var l = config.layers
+        if spec.lora || spec.loraPerDomain { l = 0 }
+        if let first = adapterLayers.first { l = min(l, spec.placement == .output ? first + 1 : first) }
+        return l
+    }
+
+    private func addLoRASet(_ rng: inout SplitMix64) {
+        let k = loraSets, C = config.hidden, r = spec.loraRank
+        for l in 0..<config.layers {
+            for part in ["q", "v"] {
+                store.add("lora.\(k).\(l).\(part).A", shape: [r, C], group: "lora", decay: true) { _ in rng.nextGaussian() / Float(C).squareRoot() }
+                store.add("lora.\(k).\(l).\(part).B", shape: [C, r], group: "lora", decay: true) { _ in 0 }
+            }
+        }
+        loraSets += 1
+    }
+
+    /// Adds a domain: one gate row per adapter slot, one head, one router output; for O-LoRA a
+    /// new LoRA set (earlier sets frozen). Returns its index.
+    @discardableResult
+    public func addDomain(name: String, intents: [String]) -> Int {
+        let k = domains.count
+        let C = config.hidden
+        domains.append(DomainSlot(name: name, intents: intents, classOffset: classCount))
+        var rng = rngState
+        for s in adapterLayers.indices {
+            let name = "adapter.\(s).gates"
+            let prev = store.array(name)
+            let R = spec.bottleneck
+            store.appendRows(name, rows: 1) { i in
+                spec.copyPreviousGate && k > 0 ? prev[(k - 1) * R + i] : spec.gateInit
+            }
+        }
+        let n = intents.count
+        store.add("head.\(k).w", shape: [n, C], group: "head", decay: true) { _ in rng.nextGaussian() * 0.02 }
+        store.add("head.\(k).b", shape: [n], group: "head") { _ in 0 }
+        store.appendRows("router.w2", rows: 1) { _ in rng.nextGaussian() / Float(spec.routerHidden).squareRoot() }
+        store.appendRows("router.b2", rows: 1) { _ in 0 }
+        if spec.loraPerDomain {
+            store.setTrainable(false) { $0.group == "lora" }
+            addLoRASet(&rng)
+        }
+        rngState = rng
+        rebuildViews()
+        return k
+    }
+
+    // MARK: - C views
+
+    private func rebuildViews() {
+        let L = config.layers
+        var cfg = config.kernelConfig
+        let baseValues = spec.fullFineTune ? store.value("base") : base.arena.base
+        dr_bert_params_point(&baseParams, baseValues, &cfg)
+        if spec.fullFineTune { dr_bert_params_point(&baseGrads, store.grad("base"), &cfg) }
+        // pointer table: adapter (5 values + 5 grads per slot), LoRA (A,B values + grads)
+        ptrs.removeAll()
+        let S = adapterLayers.count
+        for field in ["down.w", "down.b", "up.w", "up.b", "gates"] {
+            for s in 0..<S { ptrs.append(store.value("adapter.\(s).\(field)")) }
+        }
+        for field in ["down.w", "down.b", "up.w", "up.b", "gates"] {
+            for s in 0..<S { ptrs.append(store.gradIfTrainable("adapter.\(s).\(field)")) }
+        }
+        for which in ["A", "B"] {
+            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.value("lora.\(k).\(l).\(part).\(which)")) } } }
+        }
+        for which in ["A", "B"] {
+            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.gradIfTrainable("lora.\(k).\(l).\(part).\(which)")) } } }
+        }
+        ptrArena.deallocate()
+        ptrArena = .allocate(capacity: max(ptrs.count, 1))
+        ptrArena.initialize(from: ptrs, count: ptrs.count)
+        loraScales = [Float](repeating: spec.loraAlpha / Float(spec.loraRank), count: loraSets)
+    }
+
+    /// Builds the C description of the extensions for one batch and calls `body` with it.
+    private func withExt<T>(gateIds: UnsafePointer<Int32>?, probs: UnsafePointer<Float>?, dP: UnsafeMutablePointer<Float>?,
+                            _ body: (UnsafePointer<dr_bert_ext>?, UnsafeMutablePointer<dr_bert_ext_grads>?) -> T) -> T {
+        let S = adapterLayers.count, L = config.layers
+        if S == 0 && loraSets == 0 { return body(nil, nil) }
+        let raw = UnsafeMutableRawPointer(ptrArena)
+        func table(_ i: Int) -> UnsafePointer<UnsafePointer<Float>?> {
+            UnsafePointer(raw.assumingMemoryBound(to: UnsafePointer<Float>?.self) + i)
+        }
+        func gtable(_ i: Int) -> UnsafePointer<UnsafeMutablePointer<Float>?> { UnsafePointer(ptrArena + i) }
+        let loraBase = 10 * S, LN = loraSets * L * 2
+        return slotOfLayer.withUnsafeBufferPointer { slots in
+            loraScales.withUnsafeBufferPointer { scales in
+                var ext = dr_bert_ext()
+                ext.adapter_place = S == 0 ? Int32(DR_ADAPTER_NONE.rawValue)
+                    : Int32(spec.placement == .output ? DR_ADAPTER_OUTPUT.rawValue : DR_ADAPTER_FFN.rawValue)
+                ext.adapter_act = Int32(spec.activation.kernel.rawValue)
+                ext.R = Int64(spec.bottleneck)
+                ext.K = Int64(domains.count)
+                ext.slot = slots.baseAddress
+                if S > 0 {
+                    ext.W_down = table(0); ext.b_down = table(S); ext.W_up = table(2 * S); ext.b_up = table(3 * S); ext.G = table(4 * S)
+                }
+                ext.P = probs
+                ext.gate_ids = gateIds
+                ext.n_lora = Int64(loraSets)
+                ext.lora_R = Int64(spec.loraRank)
+                if loraSets > 0 {
+                    ext.lora_A = table(loraBase); ext.lora_B = table(loraBase + LN)
+                }
+                ext.lora_scale = scales.baseAddress
+                var g = dr_bert_ext_grads()
+                if S > 0 {
+                    g.dW_down = gtable(5 * S); g.db_down = gtable(6 * S); g.dW_up = gtable(7 * S); g.db_up = gtable(8 * S); g.dG = gtable(9 * S)
+                }
+                g.dP = dP
+                if loraSets > 0 { g.dlora_A = gtable(loraBase + 2 * LN); g.dlora_B = gtable(loraBase + 3 * LN) }
+                return withUnsafePointer(to: &ext) { e in withUnsafeMutablePointer(to: &g) { gp in body(e, gp) } }
+            }
+        }
+    }
+
+    // MARK: - forward
+
+    private var pooledBuf = [Float](), logitsBuf = [Float](), routerFeat = [Float]()
+
+    /// Runs the encoder on `batch` with hard gates `gateIds` (one per sequence) and computes
+    /// pooled outputs (B,C) and logits over all seen classes (B,V) into the model's buffers.
+    /// `fromLayer` > 0 reuses hidden[fromLayer] already in the workspace (routing pass).
+    func forward(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int = 0, upToLayer: Int? = nil) {
+        let B = batch.count, N = batch.tokenCount, C = config.hidden
+        var cfg = config.kernelConfig
+        let PS = batch.cuSeqlens.withUnsafeBufferPointer { dr_attention_prob_size($0.baseAddress, Int64(B), Int64(config.heads)) }
+        if fromLayer == 0 { workspace.prepare(tokens: N, probs: Int(PS)) }
+        let S = Int64(adapterLayers.count)
+        gateIds.withUnsafeBufferPointer { gids in
+            withExt(gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, _ in
+                let xn = dr_ext_act_size(&cfg, ext, S, Int64(N), Int64(B))
+                if xn > extArena.count { extArena = FloatArena(count: Int(xn)) }
+                dr_ext_acts_point(&xacts, extArena.base, &cfg, ext, S, Int64(N), Int64(B))
+                let fs = dr_bert_forward_scratch_size(&cfg, ext, Int64(N), Int64(B))
+                if fs > fwdScratch.count { fwdScratch = FloatArena(count: Int(fs)) }
+                var runCfg = cfg
+                if let up = upToLayer { runCfg.n_layers = Int64(up) }
+                batch.tokenIds.withUnsafeBufferPointer { ids in
+                    batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                        dr_bert_forward(&workspace.acts, &xacts, fwdScratch.base, &baseParams, ext, &runCfg, ids.baseAddress, nil,
+                                        cu.baseAddress, Int64(B), Int64(fromLayer))
+                    }
+                }
+            }
+        }
+        if upToLayer != nil { return }
+        // pooled = mean over tokens of the last layer; logits = heads
+        if pooledBuf.count < B * C { pooledBuf = [Float](repeating: 0, count: B * C) }
+        let V = classCount
+        if logitsBuf.count < B * V { logitsBuf = [Float](repeating: 0, count: B * V) }
+        let last = workspace.acts.hidden + config.layers * N * C
+        pooledBuf.withUnsafeMutableBufferPointer { pooled in
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_mean_pool_forward(pooled.baseAddress, last, cu.baseAddress, Int64(B), Int64(C))
+            }
+            logitsBuf.withUnsafeMutableBufferPointer { logits in
+                for (k, d) in domains.enumerated() {
+                    let n = d.intents.count
+                    let bias = store.value("head.\(k).b")
+                    for b in 0..<B { for j in 0..<n { logits[b * V + d.classOffset + j] = bias[j] } }
+                    dr_sgemm(0, 1, Int64(B), Int64(n), Int64(C), 1, pooled.baseAddress, Int64(C), store.value("head.\(k).w"), Int64(C),
+                             1, logits.baseAddress! + d.classOffset, Int64(V))
+                }
+            }
+        }
+    }
+
+    /// Mean-pooled hidden state at the router layer (B,C) for the batch in the workspace.
+    private func poolLayer(_ l: Int, _ batch: PackedBatch) -> [Float] {
+        let B = batch.count, N = batch.tokenCount, C = config.hidden
+        var out = [Float](repeating: 0, count: B * C)
+        out.withUnsafeMutableBufferPointer { o in
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_mean_pool_forward(o.baseAddress, workspace.acts.hidden + l * N * C, cu.baseAddress, Int64(B), Int64(C))
+            }
+        }
+        return out
+    }
+
+    /// Hidden states hidden[0...gateFreePrefix] do not depend on any trainable weight or gate
+    /// (-1 when even the embeddings train).
+    public var gateFreePrefix: Int {
+        if spec.fullFineTune { return -1 }
+        var l = config.layers
+        if loraSets > 0 || spec.lora || spec.loraPerDomain { l = 0 }
+        if let first = adapterLayers.first { l = min(l, first) }
+        return l
+    }
+
+    /// Router features of sequences: the frozen encoder's mean-pooled hidden state at
+    /// `routerLayer` (B,C). When that layer lies in the gate-free prefix it is computed by the
+    /// same pass that continues with the chosen gates (`forward(_:gateIds:fromLayer:)` with
+    /// `resumeLayer`), so routing costs no extra encoder layers; otherwise the frozen layers up to
+    /// it run once more.
+    public func routerFeatures(_ batch: PackedBatch) -> [Float] {
+        let l = routerLayer
+        if l <= gateFreePrefix {
+            forward(batch, gateIds: [Int32](repeating: 0, count: batch.count), upToLayer: l)
+            return poolLayer(l, batch)
+        }
+        var cfg = config.kernelConfig
+        let PS = batch.cuSeqlens.withUnsafeBufferPointer { dr_attention_prob_size($0.baseAddress, Int64(batch.count), Int64(config.heads)) }
+        workspace.prepare(tokens: batch.tokenCount, probs: Int(PS))
+        cfg.n_layers = Int64(l)
+        var bp = base.params
+        batch.tokenIds.withUnsafeBufferPointer { ids in
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_bert_forward(&workspace.acts, nil, nil, &bp, nil, &cfg, ids.baseAddress, nil, cu.baseAddress, Int64(batch.count), 0)
+            }
+        }
+        return poolLayer(l, batch)
+    }
+
+    /// After `routerFeatures`, the layer from which the gated pass may continue.
+    public var resumeLayer: Int { max(0, min(routerLayer, gateFreePrefix)) }
+
+    // MARK: - one training step
+
+    private var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
+
+    /// Forward, losses, backward and one AdamW update of the trainable segments.
+    public func trainStep(_ tb: TrainingBatch, weights: LossWeights, optimizer: AdamWStep, lr: Float) throws -> LossParts {
+        let B = tb.count, C = config.hidden, V = classCount
+        guard B > 0, V > 0 else { throw TrainingError.invalidBatch("empty batch or no domain") }
+        let batch = PackedBatch(tb.sequences)
+        let N = batch.tokenCount
+        store.zeroGrads()
+        forward(batch, gateIds: tb.gateIds)
+        var parts = LossParts()
+        // classification (rows with a label), logit replay, anchoring
+        if dlogits.count < B * V { dlogits = [Float](repeating: 0, count: B * V); targetsBuf = dlogits }
+        if losses.count < B { losses = [Float](repeating: 0, count: B) }
+        if dpooled.count < B * C { dpooled = [Float](repeating: 0, count: B * C) }
+        for i in 0..<(B * C) { dpooled[i] = 0 }
+        let ceRows = tb.labels.filter { $0 >= 0 }.count
+        var labels = tb.labels, ceW = [Float](repeating: 0, count: B)
+        for b in 0..<B {
+            if labels[b] < 0 { labels[b] = tb.rangeLo[b] } else { ceW[b] = weights.classification / Float(max(ceRows, 1)) }
+        }
+        let rc = dr_softmax_xent_forward_backward(&losses, &dlogits, nil, logitsBuf, labels, tb.rangeLo, tb.rangeHi, ceW, Int64(B), Int64(V))
+        guard rc == DR_OK else { throw TrainingError.invalidBatch("a label lies outside its domain's class range (code \(rc))") }
+        for b in 0..<B where tb.labels[b] >= 0 { parts.classification += Double(losses[b]) * Double(ceW[b]) }
+        let replayRows = tb.logitTargets.filter { $0 != nil }.count
+        if replayRows > 0 && weights.logitReplay > 0 {
+            var w = [Float](repeating: 0, count: B)
+            for b in 0..<B {
+                guard let t = tb.logitTargets[b] else { continue }
+                let lo = Int(tb.rangeLo[b])
+                precondition(t.count == Int(tb.rangeHi[b]) - lo, "stored logits do not match the class range")
+                for j in 0..<t.count { targetsBuf[b * V + lo + j] = t[j] }
+                w[b] = weights.logitReplay / Float(replayRows)
+            }
+            parts.logitReplay = dr_mse_forward_backward(&dlogits, logitsBuf, targetsBuf, tb.rangeLo, tb.rangeHi, w, Int64(B), Int64(V))
+        }
+        let anchorRows = tb.anchorTargets.filter { $0 != nil }.count
+        if anchorRows > 0 && weights.anchor > 0 {
+            var t = [Float](repeating: 0, count: B * C), w = [Float](repeating: 0, count: B)
+            for b in 0..<B {
+                guard let a = tb.anchorTargets[b] else { continue }
+                for j in 0..<C { t[b * C + j] = a[j] }
+                w[b] = weights.anchor / Float(anchorRows)
+            }
+            parts.anchor = dr_mse_forward_backward(&dpooled, pooledBuf, t, nil, nil, w, Int64(B), Int64(C))
+        }
+        // heads backward: dpooled += dlogits[:, range_k]·W_k; dW_k += dlogits[:, range_k]ᵀ·pooled
+        dlogits.withUnsafeBufferPointer { dl in
+            for (k, d) in domains.enumerated() {
+                let n = d.intents.count
+                let src = dl.baseAddress! + d.classOffset
+                dr_sgemm(0, 0, Int64(B), Int64(C), Int64(n), 1, src, Int64(V), store.value("head.\(k).w"), Int64(C), 1, &dpooled, Int64(C))
+                if let gw = store.gradIfTrainable("head.\(k).w") {
+                    dr_sgemm(1, 0, Int64(n), Int64(C), Int64(B), 1, src, Int64(V), pooledBuf, Int64(C), 1, gw, Int64(C))
+                    let gb = store.grad("head.\(k).b")
+                    for b in 0..<B { for j in 0..<n { gb[j] += dl[b * V + d.classOffset + j] } }
+                }
+            }
+        }
+        // encoder backward
+        let stop = firstTrainableLayer
+        if stop < config.layers || !adapterLayers.isEmpty {
+            if dtop.count < N * C { dtop = [Float](repeating: 0, count: N * C) }
+            for i in 0..<(N * C) { dtop[i] = 0 }
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_mean_pool_backward(&dtop, dpooled, cu.baseAddress, Int64(B), Int64(C))
+            }
+            var cfg = config.kernelConfig
+            let maxT = (0..<B).map { batch.length($0) }.max() ?? 1
+            tb.gateIds.withUnsafeBufferPointer { gids in
+                withExt(gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, xg in
+                    let need = dr_bert_backward_scratch_size(&cfg, ext, Int64(N), Int64(B), Int64(maxT))
+                    if need > bwdScratch.count { bwdScratch = FloatArena(count: Int(need)) }
+                    var p = baseParams
+                    batch.tokenIds.withUnsafeBufferPointer { ids in
+                        batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                            if spec.fullFineTune {
+                                var g = baseGrads
+                                dr_bert_backward(&g, xg, nil, bwdScratch.base, dtop, &workspace.acts, &xacts, &p, ext, &cfg,
+                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
+                            } else {
+                                dr_bert_backward(nil, xg, nil, bwdScratch.base, dtop, &workspace.acts, &xacts, &p, ext, &cfg,
+                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // O-LoRA: the newest set's A matrices orthogonal to all earlier ones
+        if spec.loraPerDomain && loraSets > 1 && weights.orthogonality > 0 {
+            let k = loraSets - 1, r = spec.loraRank
+            for l in 0..<config.layers {
+                for part in ["q", "v"] {
+                    var old = [Float]()
+                    for j in 0..<k { old += store.array("lora.\(j).\(l).\(part).A") }
+                    var scratch = [Float](repeating: 0, count: Int(dr_olora_scratch_size(Int64(k * r), Int64(r))))
+                    parts.orthogonality += dr_olora_penalty_forward_backward(
+                        store.grad("lora.\(k).\(l).\(part).A"), &scratch, old, store.value("lora.\(k).\(l).\(part).A"),
+                        weights.orthogonality, Int64(k * r), Int64(r), Int64(C))
+                }
+            }
+        }
+        guard parts.total.isFinite else {
+            throw TrainingError.nonFinite(what: "loss", step: optimizerStep, domain: domains.last?.name ?? "?")
+        }
+        optimizerStep += 1
+        parts.gradNorm = optimizer.apply(store, segments: store.trainableSegments { $0.group != "router" }, lr: lr, t: optimizerStep)
+        guard parts.gradNorm.isFinite else {
+            throw TrainingError.nonFinite(what: "gradient norm", step: optimizerStep, domain: domains.last?.name ?? "?")
+        }
+        return parts
+    }
+
+    // MARK: - inference
+
+    /// Class scores for sequences with given gates: (B,V) logits.
+    public func logits(_ sequences: [[Int32]], gateIds: [Int32]) -> [Float] {
+        let batch = PackedBatch(sequences)
+        forward(batch, gateIds: gateIds)
+        return Array(logitsBuf[0..<(batch.count * classCount)])
+    }
+
+    /// Pooled outputs (B,C) for sequences with given gates.
+    public func pooled(_ sequences: [[Int32]], gateIds: [Int32]) -> [Float] {
+        let batch = PackedBatch(sequences)
+        forward(batch, gateIds: gateIds)
+        return Array(pooledBuf[0..<(batch.count * config.hidden)])
+    }
+}
