@@ -7,6 +7,7 @@
 //   hidden[l+1] = ln2                    (output adapter: ln2 + adapter(ln2))
 #include "dr_kernels.h"
 #include <math.h>
+#include "dr_math.h"
 #include <string.h>
 
 #define OFF(ptr, o) ((ptr) ? (ptr) + (o) : NULL)
@@ -212,12 +213,7 @@ void dr_bert_backward(dr_bert_params *g, dr_bert_ext_grads *xg, float *dhidden_o
         memset(dfch, 0, N * I * sizeof(float));  // holds d gelu-output first
         dr_matmul_backward(dfch, g ? OFF(g->proj_w, l * C * I) : NULL, g ? OFF(g->proj_b, l * C) : NULL,
                            dfo, fchg, p->proj_w + l * C * I, N, I, C);
-        for (int64_t i = 0; i < N * I; i++) {  // GELU backward in place
-            const float xv = fch[i];
-            const float cdf = 0.5f * (1.0f + erff(xv * 0.70710678118654752440f));
-            const float pdf = 0.39894228040143267794f * expf(-0.5f * xv * xv);
-            dfch[i] *= cdf + xv * pdf;
-        }
+        for (int64_t i = 0; i < N * I; i++) dfch[i] *= dr_gelu_grad(fch[i]);  // GELU backward in place
         dr_matmul_backward(dln1, g ? OFF(g->fc_w, l * I * C) : NULL, g ? OFF(g->fc_b, l * I) : NULL,
                            dfch, ln1, p->fc_w + l * I * C, N, C, I);
         memset(dres, 0, N * C * sizeof(float));

@@ -1,6 +1,7 @@
 // ops.c — LayerNorm, GELU, residual: the elementwise and row-wise pieces.
 #include "dr_kernels.h"
 #include <math.h>
+#include "dr_math.h"
 
 void dr_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *w, const float *b, int64_t N, int64_t C, float eps) {
@@ -52,23 +53,13 @@ void dr_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
     }
 }
 
-#define DR_INV_SQRT2 0.70710678118654752440f
-#define DR_INV_SQRT_2PI 0.39894228040143267794f
-
-void dr_gelu_forward(float *out, const float *inp, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * DR_INV_SQRT2));
-    }
+void dr_gelu_forward(float *restrict out, const float *restrict inp, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = dr_gelu(inp[i]);
 }
 
-void dr_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + erff(x * DR_INV_SQRT2));
-        float pdf = DR_INV_SQRT_2PI * expf(-0.5f * x * x);
-        dinp[i] += dout[i] * (cdf + x * pdf);
-    }
+void dr_gelu_backward(float *restrict dinp, const float *restrict inp, const float *restrict dout,
+                      int64_t n) {
+    for (int64_t i = 0; i < n; i++) dinp[i] += dout[i] * dr_gelu_grad(inp[i]);
 }
 
 void dr_residual_forward(float *out, const float *a, const float *b, int64_t n) {

@@ -394,6 +394,21 @@ public final class ContinualModel {
 
     /// Forward, losses, backward and one AdamW update of the trainable segments.
     public func trainStep(_ tb: TrainingBatch, weights: LossWeights, optimizer: AdamWStep, lr: Float) throws -> LossParts {
+        var parts = try computeGradients(tb, weights: weights)
+        guard parts.total.isFinite else {
+            throw TrainingError.nonFinite(what: "loss", step: optimizerStep + 1, domain: domains.last?.name ?? "?")
+        }
+        optimizerStep += 1
+        parts.gradNorm = optimizer.apply(store, segments: store.trainableSegments { $0.group != "router" }, lr: lr, t: optimizerStep)
+        guard parts.gradNorm.isFinite else {
+            throw TrainingError.nonFinite(what: "gradient norm", step: optimizerStep, domain: domains.last?.name ?? "?")
+        }
+        return parts
+    }
+
+    /// Forward, losses and backward: gradients of every trainable tensor (router excluded) land
+    /// in `store.grads` (zeroed first). Returns the loss parts.
+    public func computeGradients(_ tb: TrainingBatch, weights: LossWeights) throws -> LossParts {
         let B = tb.count, C = config.hidden, V = classCount
         guard B > 0, V > 0 else { throw TrainingError.invalidBatch("empty batch or no domain") }
         let batch = PackedBatch(tb.sequences)
@@ -492,14 +507,6 @@ public final class ContinualModel {
                         weights.orthogonality, Int64(k * r), Int64(r), Int64(C))
                 }
             }
-        }
-        guard parts.total.isFinite else {
-            throw TrainingError.nonFinite(what: "loss", step: optimizerStep, domain: domains.last?.name ?? "?")
-        }
-        optimizerStep += 1
-        parts.gradNorm = optimizer.apply(store, segments: store.trainableSegments { $0.group != "router" }, lr: lr, t: optimizerStep)
-        guard parts.gradNorm.isFinite else {
-            throw TrainingError.nonFinite(what: "gradient norm", step: optimizerStep, domain: domains.last?.name ?? "?")
         }
         return parts
     }
