@@ -43,6 +43,11 @@ let package = Package(
             dependencies: ["DualReplay", "CKernels"],
             path: "bench/Sources"
         ),
+        .executableTarget(
+            name: "dr-fuzz",
+            dependencies: ["DualReplay"],
+            path: "Sources/dr-fuzz"
+        ),
         .testTarget(
             name: "DualReplayTests",
             dependencies: ["DualReplay", "CKernels"],
