@@ -58,5 +58,44 @@ demo: setup
 	$(RELEASE) --product dualreplay
 	$(BIN)/dualreplay demo --model $(MODEL_DIR)
 
+# Fuzzing (Sources/dr-fuzz): libFuzzer + AddressSanitizer on the safetensors reader, the JSONL loader
+# and the tokenizer, FUZZ_SECONDS each. Seeds and the corpus the fuzzer grows: build/fuzz-corpus/<target>;
+# crash inputs: build/fuzz-artifacts; logs: build/fuzz-logs. Replay one input:
+#   DR_FUZZ_TARGET=<target> .build-fuzz/release/dr-fuzz FILE
+# LSan ignores one leak: Foundation's Data(contentsOf:) drops its 4 KiB buffer for an empty file.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors jsonl tokenizer
+FUZZ_RSS_MB  ?= 2048
+FUZZ_ARGS    ?=
+FUZZ_BIN     := .build-fuzz/release/dr-fuzz
+
+fuzz: setup
+	swift build -c release --scratch-path .build-fuzz --product dr-fuzz --sanitize fuzzer --sanitize address -Xswiftc -DDR_LIBFUZZER
+	@mkdir -p build/fuzz-corpus build/fuzz-artifacts build/fuzz-logs
+	@DR_FUZZ_WRITE_SEEDS=build/fuzz-corpus $(FUZZ_BIN)
+	@printf 'leak:readBytesFromFile\n' > build/fuzz-corpus/lsan.supp
+	@failed=""; for t in $(FUZZ_TARGETS); do \
+	  case $$t in tokenizer) maxlen=2048;; *) maxlen=4096;; esac; \
+	  log=build/fuzz-logs/$$t.log; \
+	  echo "fuzz $$t: $(FUZZ_SECONDS) s, inputs up to $$maxlen bytes (log: $$log)"; \
+	  DR_FUZZ_TARGET=$$t LSAN_OPTIONS=suppressions=$(CURDIR)/build/fuzz-corpus/lsan.supp \
+	    $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=$(FUZZ_RSS_MB) -max_len=$$maxlen -timeout=5 \
+	    -print_final_stats=1 -dict=build/fuzz-corpus/$$t.dict -artifact_prefix=build/fuzz-artifacts/$$t- \
+	    $(FUZZ_ARGS) build/fuzz-corpus/$$t > $$log 2>&1; rc=$$?; \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log | tail -n 1); \
+	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log | tail -n 1); \
+	  cov=$$(grep -o 'cov: [0-9]*' $$log | tail -n 1 | cut -d' ' -f2); \
+	  corpus=$$(ls build/fuzz-corpus/$$t | wc -l); \
+	  if [ $$rc -eq 0 ]; then \
+	    echo "fuzz $$t: $${runs:-?} inputs ($${rate:-?}/s), coverage $${cov:-?}, corpus $$corpus files: no crash"; \
+	  else \
+	    artifact=$$(sed -n 's/.*Test unit written to //p' $$log | tail -n 1); \
+	    echo "fuzz $$t: FAILED (exit $$rc) after $${runs:-?} inputs: $${artifact:-see $$log}"; \
+	    grep -m 3 -E 'dr-fuzz $$t:|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)' $$log | sed 's/^/    /'; \
+	    failed="$$failed $$t"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: findings in$$failed"; exit 1; fi
+
 clean:
 	rm -rf .build build

@@ -1,0 +1,583 @@
+import CKernels
+import Foundation
+
+/// What one method did on one domain ordering.
+public struct RunResult: Codable, Sendable {
+    public var method: String
+    public var kind: MethodKind
+    public var orderingSeed: UInt64
+    public var domains: [String]
+    /// R[i][j] macro-F1 (0..1) of domain j after training through domain i: routed (no domain
+    /// given) and oracle (true domain given).
+    public var routed: EvalMatrix
+    public var oracle: EvalMatrix
+    public var routedAccuracy: EvalMatrix
+    public var oracleAccuracy: EvalMatrix
+    /// Router accuracy over all seen domains' eval examples after each domain (nil: no router).
+    public var routerAccuracy: [Double]?
+    /// Validation F1 of every seen domain after each domain (the forgetting signal's source).
+    public var validationF1: [[Double]]
+    public var ledger: ReplayLedger?
+    public var bufferBytesUsed: Int?
+    public var trainableParameters: Int
+    public var parametersPerNewDomain: Int
+    public var trainSeconds: Double
+    public var evalSeconds: Double
+    public var trainExamplesPerSecond: Double
+    public var latencyP50ms: Double?
+    public var latencyP99ms: Double?
+}
+
+/// Mean ± std over orderings of one method.
+public struct MethodSummary: Codable, Sendable {
+    public var method: String
+    public var kind: MethodKind
+    public var routed: EvalSummary
+    public var oracle: EvalSummary
+    public var routerAccuracy: MeanStd?
+    public var trainableParameters: Int
+    public var parametersPerNewDomain: Int
+    public var latencyP99ms: Double?
+    public var trainSeconds: MeanStd
+    public var evalSeconds: MeanStd
+}
+
+public struct ExperimentProtocol: Codable, Sendable {
+    public var config: ExperimentConfig
+    public var dataFingerprint: String
+    public var domainNames: [String]
+    public var byteBudget: Int
+    public var codeVersion: String
+    public var modelFingerprint: String
+    public var threads: Int
+    /// FNV-1a 64 of the canonical JSON of everything above: two results with the same hash ran
+    /// the same protocol.
+    public var hash: String
+}
+
+public struct ExperimentResults: Codable, Sendable {
+    public static let schema = "dualreplay.results/1"
+    public var schema: String = ExperimentResults.schema
+    public var experimentProtocol: ExperimentProtocol
+    public var runs: [RunResult]
+    public var summaries: [MethodSummary]
+    /// Per-domain F1 of the references, averaged over orderings (oracle mode).
+    public var jointF1: [String: Double]?
+    public var singleF1: [String: Double]?
+    public var createdAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, createdAt
+    }
+}
+
+public enum RunnerError: LocalizedError {
+    case data(String)
+    public var errorDescription: String? {
+        switch self { case .data(let s): return s }
+    }
+}
+
+/// Runs an experiment: every method over every ordering, evaluating after each domain.
+/// Library code: progress goes to the `progress` callback, never to stdout.
+public final class ExperimentRunner {
+    public let config: ExperimentConfig
+    public let scenario: Scenario
+    public let encoder: SentenceEncoder
+    public let generalTexts: [String]
+    public let codeVersion: String
+    public var progress: (String) -> Void = { _ in }
+
+    let training: TrainingDefaults
+    private var idsCache: [String: [Int32]] = [:]
+    private var frozenPooledCache: [[Int32]: [Float]] = [:]
+    public private(set) var byteBudget = 0
+
+    public init(config: ExperimentConfig, scenario: Scenario, encoder: SentenceEncoder, generalTexts: [String], codeVersion: String) {
+        self.config = config
+        self.scenario = scenario
+        self.encoder = encoder
+        self.generalTexts = generalTexts
+        self.codeVersion = codeVersion
+        training = config.training ?? TrainingDefaults()
+        // one byte budget for every method: stored ids + label + domain + overhead per example
+        if let b = training.bufferBytes {
+            byteBudget = b
+        } else {
+            var total = 0, n = 0
+            for d in scenario.domains { for e in d.train { total += ids(e.text).count; n += 1 } }
+            let meanBytes = 4 * Double(total) / Double(max(n, 1)) + 8 + Double(ReplayItem.overheadBytes)
+            byteBudget = Int((Double(training.bufferExamples) * meanBytes).rounded())
+        }
+    }
+
+    func ids(_ text: String) -> [Int32] {
+        if let c = idsCache[text] { return c }
+        var t = encoder.tokenizer.encode(text)
+        if t.count > training.maxLength { t = Array(t.prefix(training.maxLength - 1)) + [encoder.tokenizer.sepId] }
+        idsCache[text] = t
+        return t
+    }
+
+    /// Mean-pooled output of the frozen encoder: the general stream's anchoring target. It is a
+    /// function of the stored token ids and the frozen base, so it is recomputed (and cached),
+    /// not stored in the buffer.
+    func frozenPooled(_ seqs: [[Int32]]) -> [[Float]] {
+        let missing = seqs.filter { frozenPooledCache[$0] == nil }
+        let C = encoder.config.hidden
+        var start = 0
+        while start < missing.count {
+            let chunk = Array(missing[start..<min(missing.count, start + 64)])
+            let pooled = encoder.forward(PackedBatch(chunk)).meanPooled()
+            for (i, s) in chunk.enumerated() { frozenPooledCache[s] = Array(pooled[(i * C)..<((i + 1) * C)]) }
+            start += chunk.count
+        }
+        return seqs.map { frozenPooledCache[$0]! }
+    }
+
+    var evalSplit: Split { config.evalSplit == "val" ? .val : .test }
+
+    // MARK: - the experiment
+
+    public func run() throws -> ExperimentResults {
+        let seeds = config.resolvedOrderingSeeds
+        var runs: [RunResult] = []
+        var jointF1: [String: [Double]] = [:], singleF1: [String: [Double]] = [:]
+        for ref in config.references ?? [] {
+            let s = try MethodSettings.resolve(ref, training: training)
+            for seed in seeds {
+                let order = scenario.ordering(seed: seed)
+                if s.kind == .joint {
+                    let r = try runJoint(s, order: order, seed: seed)
+                    runs.append(r)
+                    for (j, name) in r.domains.enumerated() { jointF1[name, default: []].append(r.oracle.f1[0][j]) }
+                } else {
+                    let r = try runSingle(s, order: order, seed: seed)
+                    for (name, f) in r { singleF1[name, default: []].append(f) }
+                }
+            }
+        }
+        let joint = jointF1.isEmpty ? nil : jointF1.mapValues { $0.reduce(0, +) / Double($0.count) }
+        let single = singleF1.isEmpty ? nil : singleF1.mapValues { $0.reduce(0, +) / Double($0.count) }
+        for m in config.methods {
+            let s = try MethodSettings.resolve(m, training: training)
+            for (k, seed) in seeds.enumerated() {
+                progress("== \(s.name): ordering \(k + 1)/\(seeds.count) (seed \(seed))")
+                runs.append(try runSequential(s, order: scenario.ordering(seed: seed), seed: seed))
+            }
+        }
+        var summaries: [MethodSummary] = []
+        for m in config.methods {
+            let name = try MethodSettings.resolve(m, training: training).name
+            let rs = runs.filter { $0.method == name }
+            summaries.append(MethodSummary(
+                method: name, kind: m.kind,
+                routed: EvalSummary.aggregate(rs.map(\.routed), single: single, joint: joint),
+                oracle: EvalSummary.aggregate(rs.map(\.oracle), single: single, joint: joint),
+                routerAccuracy: rs.first?.routerAccuracy == nil ? nil : MeanStd(rs.compactMap { $0.routerAccuracy?.last }),
+                trainableParameters: rs.first?.trainableParameters ?? 0,
+                parametersPerNewDomain: rs.first?.parametersPerNewDomain ?? 0,
+                latencyP99ms: rs.compactMap(\.latencyP99ms).max(),
+                trainSeconds: MeanStd(rs.map(\.trainSeconds)), evalSeconds: MeanStd(rs.map(\.evalSeconds))))
+        }
+        let proto = makeProtocol()
+        let iso = ISO8601DateFormatter().string(from: Date())
+        return ExperimentResults(experimentProtocol: proto, runs: runs, summaries: summaries, jointF1: joint, singleF1: single, createdAt: iso)
+    }
+
+    func makeProtocol() -> ExperimentProtocol {
+        var p = ExperimentProtocol(config: config, dataFingerprint: scenario.contentFingerprint, domainNames: scenario.domainNames,
+                                   byteBudget: byteBudget, codeVersion: codeVersion, modelFingerprint: encoder.weights.fingerprint(),
+                                   threads: Int(dr_blas_get_threads()), hash: "")
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let data = (try? enc.encode(p)) ?? Data()
+        var h = StableHash()
+        h.combine(String(decoding: data, as: UTF8.self))
+        p.hash = String(format: "%016llx", h.value)
+        return p
+    }
+
+    // MARK: - building blocks
+
+    func makeModel(_ s: MethodSettings, seed: UInt64) -> ContinualModel {
+        ContinualModel(base: encoder.weights, spec: s.spec, seed: seed &* 7919 &+ 17)
+    }
+
+    /// Adds domain `d` to the model, with the method's gate initialisation and trainable rows.
+    func addDomain(_ m: ContinualModel, _ d: ScenarioDomain, _ s: MethodSettings, rng: inout SplitMix64, alone: Bool = false) {
+        let k = m.addDomain(name: d.name, intents: d.intents)
+        precondition(alone || Int32(m.domains[k].classOffset) == d.labelOffset, "class offsets out of step")
+        if s.gateInit == .mask {
+            let R = s.spec.bottleneck
+            let on = (0..<R).map { _ in rng.nextUnit() < s.gateMaskFraction }
+            for slot in m.adapterLayers.indices {
+                let g = m.store.value("adapter.\(slot).gates") + k * R
+                for r in 0..<R { g[r] = on[r] ? 1 : 0 }
+            }
+        }
+        for slot in m.adapterLayers.indices {
+            m.store.setTrainableRows("adapter.\(slot).gates", s.freezeOldGates ? k..<(k + 1) : nil)
+        }
+        if s.freezeOldHeads {
+            m.store.setTrainable(false) { $0.group == "head" }
+            m.store.setTrainable(true) { $0.name == "head.\(k).w" || $0.name == "head.\(k).b" }
+        }
+    }
+
+    /// HAT-like protection: bottleneck channels earlier domains use get a scaled-down gradient.
+    func protectChannels(_ m: ContinualModel, _ s: MethodSettings, current k: Int) {
+        guard s.protectOldChannels > 0, k > 0 else { return }
+        let R = s.spec.bottleneck, C = m.config.hidden
+        for slot in m.adapterLayers.indices {
+            let g = m.store.value("adapter.\(slot).gates")
+            var scale = [Float](repeating: 1, count: R)
+            for r in 0..<R {
+                var used: Float = 0
+                for d in 0..<k { used = max(used, min(1, abs(g[d * R + r]))) }
+                scale[r] = 1 - s.protectOldChannels * used
+            }
+            let dDown = m.store.grad("adapter.\(slot).down.w"), dDownB = m.store.grad("adapter.\(slot).down.b")
+            let dUp = m.store.grad("adapter.\(slot).up.w")
+            for r in 0..<R {
+                dDownB[r] *= scale[r]
+                for c in 0..<C { dDown[r * C + c] *= scale[r]; dUp[c * R + r] *= scale[r] }
+            }
+        }
+    }
+
+    /// Trains the model on `examples` (global labels) for the method's epochs, mixing replay.
+    func trainPhase(_ m: ContinualModel, _ s: MethodSettings, examples: [(ids: [Int32], domain: Int, label: Int32)],
+                    replay: (inout TrainingBatch, Int, inout SplitMix64) -> Void, rng: inout SplitMix64, label: String) throws -> Int {
+        let newPerBatch = max(1, Int((Double(s.batchSize) * (1 - s.replayShare)).rounded()))
+        let replayPerBatch = s.batchSize - newPerBatch
+        let stepsPerEpoch = (examples.count + newPerBatch - 1) / newPerBatch
+        let total = stepsPerEpoch * s.epochs
+        var opt = training.optimizer
+        opt.learningRate = s.learningRate
+        let adam = AdamWStep(config: opt)
+        var order = Array(examples.indices)
+        var step = 0, seen = 0
+        let t0 = Date()
+        let currentDomain = m.domains.count - 1
+        for epoch in 0..<s.epochs {
+            order.shuffle(using: &rng)
+            var epochLoss = 0.0
+            for start in stride(from: 0, to: order.count, by: newPerBatch) {
+                var tb = TrainingBatch()
+                for i in order[start..<min(order.count, start + newPerBatch)] {
+                    let e = examples[i]
+                    tb.append(ids: e.ids, gate: Int32(e.domain), label: e.label, range: m.domains[e.domain].classRange)
+                }
+                if replayPerBatch > 0 { replay(&tb, replayPerBatch, &rng) }
+                var parts = try m.computeGradients(tb, weights: s.loss)
+                guard parts.total.isFinite else {
+                    throw TrainingError.nonFinite(what: "loss", step: m.optimizerStep + 1, domain: m.domains[currentDomain].name)
+                }
+                protectChannels(m, s, current: currentDomain)
+                m.optimizerStep += 1
+                parts.gradNorm = adam.apply(m.store, segments: m.store.trainableSegments { $0.group != "router" },
+                                            lr: opt.learningRate(step: step, total: total), t: m.optimizerStep)
+                guard parts.gradNorm.isFinite else {
+                    throw TrainingError.nonFinite(what: "gradient norm", step: m.optimizerStep, domain: m.domains[currentDomain].name)
+                }
+                epochLoss += parts.total
+                step += 1
+                seen += tb.count
+                if step % 50 == 0 || step == total {
+                    let el = Date().timeIntervalSince(t0)
+                    let rate = Double(seen) / max(el, 1e-9)
+                    let eta = Double(total - step) * el / Double(step)
+                    progress("  \(label) epoch \(epoch + 1)/\(s.epochs) step \(step)/\(total) loss \(String(format: "%.4f", parts.total)) \(String(format: "%.0f", rate)) ex/s ETA \(String(format: "%.0f", eta))s")
+                }
+            }
+            _ = epochLoss
+        }
+        return seen
+    }
+
+    /// Predictions for examples of domain `j`: oracle (gate and head of j) and routed.
+    struct DomainEval { var routedF1, oracleF1, routedAcc, oracleAcc: Double; var routerCorrect, count: Int }
+
+    func evaluate(_ m: ContinualModel, router: DomainRouter?, domain j: Int, examples: [IntentExample]) -> DomainEval {
+        let d = scenario.domains.first { $0.name == m.domains[j].name }!
+        let seqs = examples.map { ids($0.text) }
+        let labels = examples.map { Int32(m.domains[j].classOffset) + Int32(d.intents.firstIndex(of: $0.intent)!) }
+        let V = m.classCount
+        var oraclePred: [Int32] = [], routedPred: [Int32] = [], routerCorrect = 0
+        let chunk = 64
+        for start in stride(from: 0, to: seqs.count, by: chunk) {
+            let part = Array(seqs[start..<min(seqs.count, start + chunk)])
+            let B = part.count
+            let oracle = m.logits(part, gateIds: [Int32](repeating: Int32(j), count: B))
+            let r = m.domains[j].classRange
+            for b in 0..<B { oraclePred.append(Int32(r.max { oracle[b * V + $0] < oracle[b * V + $1] }!)) }
+            if let router {
+                let routes = router.route(part)
+                routerCorrect += routes.filter { $0 == Int32(j) }.count
+                let lg = m.logits(part, gateIds: routes)
+                for b in 0..<B {
+                    let rr = m.domains[Int(routes[b])].classRange
+                    routedPred.append(Int32(rr.max { lg[b * V + $0] < lg[b * V + $1] }!))
+                }
+            } else {
+                // no router: the argmax over every seen class (gates, if any, of the newest domain)
+                let lg = m.adapterLayers.isEmpty ? oracle : m.logits(part, gateIds: [Int32](repeating: Int32(m.domains.count - 1), count: B))
+                for b in 0..<B { routedPred.append(Int32((0..<V).max { lg[b * V + $0] < lg[b * V + $1] }!)) }
+            }
+        }
+        let classes = Array(m.domains[j].classRange).map(Int32.init)
+        return DomainEval(routedF1: macroF1(predictions: routedPred, labels: labels, classes: classes),
+                          oracleF1: macroF1(predictions: oraclePred, labels: labels, classes: classes),
+                          routedAcc: accuracy(predictions: routedPred, labels: labels),
+                          oracleAcc: accuracy(predictions: oraclePred, labels: labels),
+                          routerCorrect: routerCorrect, count: seqs.count)
+    }
+
+    func split(_ d: ScenarioDomain, _ s: Split) -> [IntentExample] {
+        let rows = s == .test ? d.test : d.val
+        guard let cap = config.data.maxEvalPerDomain, rows.count > cap else { return rows }
+        var rng = SplitMix64(seed: StableHash.of(d.name))
+        return Array(rows.shuffled(using: &rng).prefix(cap))
+    }
+
+    func trainingRows(_ d: ScenarioDomain, domainIndex k: Int) -> [(ids: [Int32], domain: Int, label: Int32)] {
+        d.train.compactMap { e in
+            guard let i = d.intents.firstIndex(of: e.intent) else { return nil }
+            return (ids(e.text), k, d.labelOffset + Int32(i))
+        }
+    }
+
+    func routerExamples(_ m: ContinualModel, newDomain rows: [(ids: [Int32], domain: Int, label: Int32)],
+                        buffered: [ReplayItem], rng: inout SplitMix64) -> [(ids: [Int32], domain: Int32)] {
+        var out = rows.shuffled(using: &rng).prefix(training.routerTraining.newDomainExamples).map { ($0.ids, Int32($0.domain)) }
+        out += buffered.filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
+        return out
+    }
+
+    /// Single-utterance routed prediction latency (tokenize + route + gated forward + head), 1 thread.
+    func latency(_ m: ContinualModel, router: DomainRouter?, texts: [String]) -> (p50: Double, p99: Double)? {
+        let n = config.latencySamples ?? 200
+        guard n > 0, !texts.isEmpty else { return nil }
+        let threads = dr_blas_get_threads()
+        dr_blas_set_threads(1)
+        defer { dr_blas_set_threads(threads) }
+        var times: [Double] = []
+        for i in 0..<(n + 10) {
+            let text = texts[(i * 7919) % texts.count]
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            var t = encoder.tokenizer.encode(text)
+            if t.count > training.maxLength { t = Array(t.prefix(training.maxLength - 1)) + [encoder.tokenizer.sepId] }
+            let gate: Int32
+            if let router {
+                // uncached: a live request computes its router features
+                let f = m.routerFeatures(PackedBatch([t]))
+                let p = router.probabilities(f, count: 1)
+                gate = Int32(p.indices.max { p[$0] < p[$1] }!)
+            } else { gate = Int32(m.domains.count - 1) }
+            let lg = m.logits([t], gateIds: [gate])
+            precondition(!lg.isEmpty)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            if i >= 10 { times.append(Double(t1 - t0) / 1e6) }
+        }
+        times.sort()
+        return (times[times.count / 2], times[min(times.count - 1, Int(Double(times.count - 1) * 0.99 + 0.5))])
+    }
+
+    // MARK: - sequential methods
+
+    func runSequential(_ s: MethodSettings, order: Scenario, seed: UInt64) throws -> RunResult {
+        let m = makeModel(s, seed: seed)
+        let router = s.router ? DomainRouter(model: m) : nil
+        var rng = SplitMix64(seed: seed &+ 0x5EED)
+        let K = order.count
+        var routed = EvalMatrix(domains: order.domainNames), oracle = routed, racc = routed, oacc = routed
+        var valF1: [[Double]] = []
+        var routerAcc: [Double] = []
+        var bestVal = [Double](repeating: 0, count: K)
+        var reservoir: ReservoirBuffer? = nil
+        var dual: DualStreamBuffer? = nil
+        if s.kind == .loraReplay || s.kind == .der { reservoir = ReservoirBuffer(byteBudget: byteBudget, seed: seed) }
+        if s.kind == .dualReplay {
+            dual = try DualStreamBuffer(config: DualStreamConfig(byteBudget: byteBudget, domainFraction: s.domainFraction,
+                                                                 floorWeight: s.floorWeight, samplingFloorWeight: s.samplingFloorWeight,
+                                                                 forgettingEMA: s.forgettingEMA, seed: seed))
+            // the general stream: general text, reservoir-sampled to its budget
+            var items: [ReplayItem] = []
+            for t in generalTexts.shuffled(using: &rng).prefix(4000) { items.append(.general(tokenIds: ids(t), target: nil)) }
+            dual!.addGeneral(items: items)
+        }
+        var trainTime = 0.0, evalTime = 0.0, trained = 0
+        var paramsBefore = 0, paramsPerDomain = 0
+        for (k, d) in order.domains.enumerated() {
+            let t0 = Date()
+            paramsBefore = m.store.count - m.store.count(group: "router")
+            addDomain(m, d, s, rng: &rng)
+            paramsPerDomain = m.store.count - m.store.count(group: "router") - paramsBefore
+            let rows = trainingRows(d, domainIndex: k)
+            guard !rows.isEmpty else { throw RunnerError.data("domain \(d.name) has no training examples") }
+            let replay: (inout TrainingBatch, Int, inout SplitMix64) -> Void = { [self] tb, n, rng in
+                if let res = reservoir, res.count > 0 {
+                    for it in res.sample(count: n, rng: &rng) {
+                        let r = m.domains[Int(it.domain)].classRange
+                        tb.append(ids: it.tokenIds, gate: it.domain, label: it.label, range: r, logits: it.logits)
+                    }
+                } else if let dual, k > 0 {
+                    let nGeneral = dual.generalCount > 0 && s.loss.anchor > 0 ? Int((Double(n) * (1 - s.domainFraction)).rounded()) : 0
+                    for it in dual.sample(count: n - nGeneral, rng: &rng) {
+                        let r = m.domains[Int(it.domain)].classRange
+                        tb.append(ids: it.tokenIds, gate: it.domain, label: it.label, range: r, logits: it.logits)
+                    }
+                    let general = dual.sampleGeneral(count: nGeneral, rng: &rng)
+                    let targets = frozenPooled(general.map(\.tokenIds))
+                    for (i, it) in general.enumerated() {
+                        tb.append(ids: it.tokenIds, gate: Int32(k), label: -1, range: m.domains[k].classRange, anchor: targets[i])
+                    }
+                }
+            }
+            progress("\(s.name) domain \(k + 1)/\(K) '\(d.name)' (\(rows.count) examples)")
+            trained += try trainPhase(m, s, examples: rows, replay: replay, rng: &rng, label: "\(s.name) \(k + 1)/\(K)")
+            // validation F1 of every seen domain: the forgetting signal
+            var vrow: [Double] = []
+            for j in 0...k {
+                let e = evaluate(m, router: nil, domain: j, examples: split(order.domains[j], .val))
+                vrow.append(e.oracleF1)
+            }
+            valF1.append(vrow)
+            var forgetting: [Int32: Float] = [:]
+            for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
+            for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
+            // buffers
+            let logitsFor: ([[Int32]]) -> [[Float]] = { seqs in
+                var out: [[Float]] = []
+                let r = m.domains[k].classRange, V = m.classCount
+                for start in stride(from: 0, to: seqs.count, by: 64) {
+                    let part = Array(seqs[start..<min(seqs.count, start + 64)])
+                    let lg = m.logits(part, gateIds: [Int32](repeating: Int32(k), count: part.count))
+                    for b in 0..<part.count { out.append(Array(lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)])) }
+                }
+                return out
+            }
+            let storeLogits = s.loss.logitReplay > 0
+            if let res = reservoir {
+                let shuffled = rows.shuffled(using: &rng)
+                let lg = storeLogits ? logitsFor(shuffled.map(\.ids)) : []
+                for (i, r) in shuffled.enumerated() {
+                    res.add(ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil))
+                }
+                _ = res.appendLedgerEntry(newDomain: Int32(k))
+            }
+            if let dual {
+                dual.updateForgetting(forgetting)
+                let lg = storeLogits ? logitsFor(rows.map(\.ids)) : []
+                let items = rows.enumerated().map { i, r in
+                    ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
+                }
+                try dual.addDomain(Int32(k), items: items, forgetting: forgetting)
+            }
+            if let router {
+                var buffered: [ReplayItem] = []
+                if let dual { for j in 0..<k { buffered += dual.items(of: Int32(j)) } }
+                if let res = reservoir { buffered = res.items.filter { $0.domain != Int32(k) } }
+                var ex = routerExamples(m, newDomain: rows, buffered: buffered, rng: &rng)
+                if dual == nil && reservoir == nil {
+                    // no buffer: the router only ever sees the newest domain (that is the point)
+                    ex = ex.filter { $0.domain == Int32(k) }
+                }
+                var rc = training.routerTraining
+                rc.balanced = s.routerBalanced
+                router.train(ex, config: rc, optimizer: training.optimizer, rng: &rng)
+            }
+            let t1 = Date()
+            trainTime += t1.timeIntervalSince(t0)
+            // the eval matrix row
+            var correct = 0, total = 0
+            for j in 0...k {
+                let e = evaluate(m, router: router, domain: j, examples: split(order.domains[j], evalSplit))
+                routed[afterTraining: k, domain: j] = e.routedF1
+                oracle[afterTraining: k, domain: j] = e.oracleF1
+                racc[afterTraining: k, domain: j] = e.routedAcc
+                oacc[afterTraining: k, domain: j] = e.oracleAcc
+                correct += e.routerCorrect
+                total += e.count
+            }
+            if router != nil { routerAcc.append(Double(correct) / Double(max(total, 1))) }
+            evalTime += Date().timeIntervalSince(t1)
+            let rowText = (0...k).map { String(format: "%.1f", 100 * routed[afterTraining: k, domain: $0]) }.joined(separator: " ")
+            progress("  after \(k + 1)/\(K): routed F1 [\(rowText)]" + (router != nil ? String(format: " router acc %.1f%%", 100 * routerAcc.last!) : ""))
+        }
+        let lat = latency(m, router: router, texts: order.domains.flatMap { $0.test.map(\.text) })
+        return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
+                         routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: router == nil ? nil : routerAcc,
+                         validationF1: valF1, ledger: dual?.ledger ?? reservoir?.ledger, bufferBytesUsed: dual?.bytesUsed ?? reservoir?.bytesUsed,
+                         trainableParameters: m.store.count, parametersPerNewDomain: paramsPerDomain,
+                         trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9),
+                         latencyP50ms: lat?.p50, latencyP99ms: lat?.p99)
+    }
+
+    // MARK: - references
+
+    /// All domains at once (multi-task upper bound); one row in the matrices.
+    func runJoint(_ s: MethodSettings, order: Scenario, seed: UInt64) throws -> RunResult {
+        let m = makeModel(s, seed: seed)
+        let router = s.router ? DomainRouter(model: m) : nil
+        var rng = SplitMix64(seed: seed &+ 0x1017)
+        var rows: [(ids: [Int32], domain: Int, label: Int32)] = []
+        for (k, d) in order.domains.enumerated() {
+            addDomain(m, d, s, rng: &rng)
+            rows += trainingRows(d, domainIndex: k)
+        }
+        for slot in m.adapterLayers.indices { m.store.setTrainableRows("adapter.\(slot).gates", nil) }
+        m.store.setTrainable(true) { $0.group == "head" }
+        progress("\(s.name): all \(order.count) domains at once (\(rows.count) examples)")
+        let t0 = Date()
+        let n = try trainPhase(m, s, examples: rows, replay: { _, _, _ in }, rng: &rng, label: s.name)
+        if let router {
+            let ex = rows.map { ($0.ids, Int32($0.domain)) }
+            router.train(ex, config: training.routerTraining, optimizer: training.optimizer, rng: &rng)
+        }
+        let trainTime = Date().timeIntervalSince(t0)
+        var routed = EvalMatrix(domains: order.domainNames, f1: [[Double](repeating: .nan, count: order.count)])
+        var oracle = routed, racc = routed, oacc = routed
+        let t1 = Date()
+        for j in order.domains.indices {
+            let e = evaluate(m, router: router, domain: j, examples: split(order.domains[j], evalSplit))
+            routed.f1[0][j] = e.routedF1; oracle.f1[0][j] = e.oracleF1; racc.f1[0][j] = e.routedAcc; oacc.f1[0][j] = e.oracleAcc
+        }
+        return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
+                         routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: nil, validationF1: [], ledger: nil, bufferBytesUsed: nil,
+                         trainableParameters: m.store.count, parametersPerNewDomain: 0, trainSeconds: trainTime,
+                         evalSeconds: Date().timeIntervalSince(t1), trainExamplesPerSecond: Double(n) / max(trainTime, 1e-9),
+                         latencyP50ms: nil, latencyP99ms: nil)
+    }
+
+    /// Each domain alone from a fresh model: oracle F1 per domain (FWT's reference).
+    func runSingle(_ s: MethodSettings, order: Scenario, seed: UInt64) throws -> [String: Double] {
+        var out: [String: Double] = [:]
+        for (k, d) in order.domains.enumerated() {
+            let m = makeModel(s, seed: seed &+ UInt64(k))
+            var rng = SplitMix64(seed: seed &+ UInt64(k) &+ 0x5146)
+            addDomain(m, d, s, rng: &rng, alone: true)
+            progress("\(s.name): domain \(k + 1)/\(order.count) '\(d.name)' alone")
+            _ = try trainPhase(m, s, examples: trainingRows(d, domainIndex: 0).map { ($0.ids, 0, $0.label - d.labelOffset) },
+                               replay: { _, _, _ in }, rng: &rng, label: s.name)
+            // the single model's class ids start at 0: evaluate with a shifted scenario view
+            let e = evaluateSingle(m, d, examples: split(d, evalSplit))
+            out[d.name] = e
+        }
+        return out
+    }
+
+    func evaluateSingle(_ m: ContinualModel, _ d: ScenarioDomain, examples: [IntentExample]) -> Double {
+        let seqs = examples.map { ids($0.text) }
+        let labels = examples.map { Int32(d.intents.firstIndex(of: $0.intent)!) }
+        var pred: [Int32] = []
+        let V = m.classCount
+        for start in stride(from: 0, to: seqs.count, by: 64) {
+            let part = Array(seqs[start..<min(seqs.count, start + 64)])
+            let lg = m.logits(part, gateIds: [Int32](repeating: 0, count: part.count))
+            for b in 0..<part.count { pred.append(Int32((0..<V).max { lg[b * V + $0] < lg[b * V + $1] }!)) }
+        }
+        return macroF1(predictions: pred, labels: labels, classes: (0..<Int32(d.intents.count)).map { $0 })
+    }
+}

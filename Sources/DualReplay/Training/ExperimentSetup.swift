@@ -1,0 +1,103 @@
+import Foundation
+
+/// Turns an experiment's data section into a scenario and a general-text stream.
+public enum ExperimentSetup {
+    /// `data.directory`, else $DR_DATA, else ../shared/data.
+    public static func dataDirectory(_ cfg: DataConfig) -> URL {
+        if let d = cfg.directory { return URL(fileURLWithPath: d) }
+        if let e = ProcessInfo.processInfo.environment["DR_DATA"], !e.isEmpty { return URL(fileURLWithPath: e) }
+        return URL(fileURLWithPath: "../shared/data")
+    }
+
+    public static func scenario(_ cfg: DataConfig, seed: UInt64 = 0) throws -> (scenario: Scenario, general: [String]) {
+        var domains: [DomainData] = []
+        var general: [String] = []
+        let dir = dataDirectory(cfg)
+        if let files = cfg.files, !files.isEmpty {
+            for f in files {
+                let url = f.path.hasPrefix("/") ? URL(fileURLWithPath: f.path) : dir.appendingPathComponent(f.path)
+                var o = LoadOptions()
+                if let ex = f.excludeDomains { o.excludedDomains = Set(ex) }
+                o.domainPrefix = f.domainPrefix
+                if let ml = f.multiLabel {
+                    guard let p = MultiLabelPolicy(rawValue: ml) else {
+                        throw ConfigError.invalid(field: "data.files[\(f.path)].multiLabel", reason: "drop, keep or separate, got \"\(ml)\"")
+                    }
+                    o.multiLabel = p
+                }
+                o.allowSharedLabels = f.allowSharedLabels ?? false
+                if let ul = f.unknownLabels {
+                    guard let p = UnknownLabelPolicy(rawValue: ul) else {
+                        throw ConfigError.invalid(field: "data.files[\(f.path)].unknownLabels", reason: "reject or drop, got \"\(ul)\"")
+                    }
+                    o.unknownLabels = p
+                }
+                let ds = try IntentDataset.load(jsonl: url, options: o)
+                var kept = ds.domains
+                if let only = f.domains {
+                    kept = try only.map { name in
+                        guard let d = ds.domains.first(where: { $0.name == name }) else {
+                            throw ConfigError.invalid(field: "data.files[\(f.path)].domains", reason: "no domain \"\(name)\" in \(url.path) (it has: \(ds.domains.map(\.name).joined(separator: ", ")))")
+                        }
+                        return d
+                    }
+                }
+                domains += kept
+            }
+            let g = cfg.general.map { $0.hasPrefix("/") ? URL(fileURLWithPath: $0) : dir.appendingPathComponent($0) }
+                ?? dir.appendingPathComponent("general/general.jsonl")
+            if FileManager.default.fileExists(atPath: g.path) {
+                general = try readGeneralTexts(g)
+            } else if cfg.general != nil {
+                throw ConfigError.invalid(field: "data.general", reason: "\(g.path) does not exist")
+            } else {
+                general = SyntheticCorpus.generalText(count: 2000, seed: seed)
+            }
+        } else {
+            let syn = cfg.synthetic ?? SyntheticConfig()
+            domains = SyntheticCorpus.make(config: syn)
+            general = SyntheticCorpus.generalText(count: 2000, seed: syn.seed &+ 1)
+        }
+        if let cap = cfg.maxTrainPerDomain { domains = domains.map { subsampleTrain($0, cap: cap) } }
+        return (try Scenario(domains: domains), general)
+    }
+
+    /// At most `cap` training examples, taken round-robin over intents (stratified, deterministic).
+    static func subsampleTrain(_ d: DomainData, cap: Int) -> DomainData {
+        guard d.train.count > cap else { return d }
+        var byIntent: [String: [IntentExample]] = [:]
+        for e in d.train { byIntent[e.intent, default: []].append(e) }
+        var out: [IntentExample] = []
+        var i = 0
+        while out.count < cap {
+            var added = false
+            for intent in d.intents {
+                if let rows = byIntent[intent], i < rows.count, out.count < cap { out.append(rows[i]); added = true }
+            }
+            if !added { break }
+            i += 1
+        }
+        var copy = d
+        copy.train = out
+        return copy
+    }
+
+    /// The `text` of every train row of a general-text JSONL file; errors name file and line.
+    public static func readGeneralTexts(_ url: URL) throws -> [String] {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw RunnerError.data("\(url.path): cannot read: \(error.localizedDescription)")
+        }
+        var out: [String] = []
+        for (i, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
+            if line.allSatisfy({ $0 == 32 || $0 == 13 }) { continue }
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                throw RunnerError.data("\(url.path):\(i + 1): not a JSON object")
+            }
+            guard let text = obj["text"] as? String else { throw RunnerError.data("\(url.path):\(i + 1): missing string field `text`") }
+            if (obj["split"] as? String ?? "train") == "train" { out.append(text) }
+        }
+        guard !out.isEmpty else { throw RunnerError.data("\(url.path): no training rows") }
+        return out
+    }
+}

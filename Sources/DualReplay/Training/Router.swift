@@ -1,0 +1,139 @@
+import CKernels
+import Foundation
+
+/// How the domain router is trained after each domain.
+public struct RouterConfig: Codable, Equatable, Sendable {
+    public var epochs: Int = 40
+    public var batchSize: Int = 64
+    public var learningRate: Float = 2e-3
+    /// Examples of the newest domain used per router retraining (its training split is
+    /// subsampled so the newest domain does not swamp the buffered ones).
+    public var newDomainExamples: Int = 300
+    /// Weight each domain's examples by 1/count so every domain counts equally (a balanced
+    /// buffer); false = plain frequency weighting (the naive router that forgets).
+    public var balanced: Bool = true
+    public init() {}
+}
+
+extension RouterConfig {
+    enum CodingKeys: String, CodingKey { case epochs, batchSize, learningRate, newDomainExamples, balanced }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = RouterConfig()
+        epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? d.epochs
+        batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? d.batchSize
+        learningRate = try c.decodeIfPresent(Float.self, forKey: .learningRate) ?? d.learningRate
+        newDomainExamples = try c.decodeIfPresent(Int.self, forKey: .newDomainExamples) ?? d.newDomainExamples
+        balanced = try c.decodeIfPresent(Bool.self, forKey: .balanced) ?? d.balanced
+    }
+}
+
+/// The domain router: `Linear(C,Hd) → GELU → dropout → Linear(Hd,K)` on the frozen prefix's
+/// mean-pooled hidden state (see `ContinualModel.routerFeatures`). Its weights live in the model's
+/// parameter store (group "router"); its optimizer step counter is its own.
+public final class DomainRouter {
+    unowned let model: ContinualModel
+    public private(set) var step = 0
+    /// Frozen features never change, so they are computed once per token sequence.
+    private var featureCache: [[Int32]: [Float]] = [:]
+
+    public init(model: ContinualModel) { self.model = model }
+
+    public var hidden: Int { model.spec.routerHidden }
+    public var domainCount: Int { model.domains.count }
+
+    /// Router features (B,C) of sequences, cached.
+    public func features(_ sequences: [[Int32]]) -> [[Float]] {
+        let C = model.config.hidden
+        var missing: [[Int32]] = []
+        for s in sequences where featureCache[s] == nil { missing.append(s) }
+        var start = 0
+        while start < missing.count {
+            let chunk = Array(missing[start..<min(missing.count, start + 64)])
+            let f = model.routerFeatures(PackedBatch(chunk))
+            for (i, s) in chunk.enumerated() { featureCache[s] = Array(f[(i * C)..<((i + 1) * C)]) }
+            start += chunk.count
+        }
+        return sequences.map { featureCache[$0]! }
+    }
+
+    /// Softmax probabilities over seen domains (B,K) for feature rows (B,C).
+    public func probabilities(_ feats: [Float], count B: Int) -> [Float] {
+        let K = domainCount, C = model.config.hidden, Hd = hidden
+        var logits = [Float](repeating: 0, count: B * K)
+        var hpre = [Float](repeating: 0, count: B * Hd), hact = hpre
+        let s = model.store
+        dr_router_forward(&logits, &hpre, &hact, feats, s.value("router.w1"), s.value("router.b1"), s.value("router.w2"),
+                          s.value("router.b2"), nil, Int64(B), Int64(C), Int64(Hd), Int64(K))
+        var probs = [Float](repeating: 0, count: B * K), losses = [Float](repeating: 0, count: B)
+        let labels = [Int32](repeating: 0, count: B)
+        _ = dr_softmax_xent_forward_backward(&losses, nil, &probs, logits, labels, nil, nil, nil, Int64(B), Int64(K))
+        return probs
+    }
+
+    /// Most likely domain per sequence.
+    public func route(_ sequences: [[Int32]]) -> [Int32] {
+        let K = domainCount
+        guard K > 1 else { return [Int32](repeating: 0, count: sequences.count) }
+        let feats = features(sequences).flatMap { $0 }
+        let p = probabilities(feats, count: sequences.count)
+        return (0..<sequences.count).map { b in
+            Int32((0..<K).max { p[b * K + $0] < p[b * K + $1] }!)
+        }
+    }
+
+    /// Trains on (sequence, domain) pairs; all router rows train (a new domain must be
+    /// separable from the old ones, and the old ones come from the replay buffer).
+    public func train(_ examples: [(ids: [Int32], domain: Int32)], config: RouterConfig, optimizer base: OptimizerConfig,
+                      rng: inout SplitMix64) {
+        let K = domainCount, C = model.config.hidden, Hd = hidden
+        guard K > 1, !examples.isEmpty else { return }
+        let feats = features(examples.map(\.ids))
+        var perDomain = [Int](repeating: 0, count: K)
+        for e in examples { perDomain[Int(e.domain)] += 1 }
+        let s = model.store
+        var opt = base
+        opt.learningRate = config.learningRate
+        opt.clipNorm = 5
+        let adam = AdamWStep(config: opt)
+        let segments = s.trainableSegments { $0.group == "router" }
+        let B = min(config.batchSize, examples.count)
+        let p = model.spec.routerDropout
+        var x = [Float](repeating: 0, count: B * C), logits = [Float](repeating: 0, count: B * K)
+        var hpre = [Float](repeating: 0, count: B * Hd), hact = hpre, mask = hpre, scratch = hpre
+        var dlogits = logits, losses = [Float](repeating: 0, count: B), labels = [Int32](repeating: 0, count: B)
+        var weights = [Float](repeating: 0, count: B)
+        let stepsPerEpoch = (examples.count + B - 1) / B
+        let total = stepsPerEpoch * config.epochs
+        var order = Array(0..<examples.count)
+        var t = 0
+        for _ in 0..<config.epochs {
+            order.shuffle(using: &rng)
+            for start in stride(from: 0, to: order.count - B + 1, by: B) {
+                var wsum: Float = 0
+                for b in 0..<B {
+                    let i = order[start + b]
+                    for c in 0..<C { x[b * C + c] = feats[i][c] }
+                    labels[b] = examples[i].domain
+                    weights[b] = config.balanced ? 1 / Float(perDomain[Int(labels[b])]) : 1
+                    wsum += weights[b]
+                }
+                for b in 0..<B { weights[b] /= wsum }
+                for j in 0..<(B * Hd) { mask[j] = rng.nextUnit() < p ? 0 : 1 / (1 - p) }
+                s.zeroGrads()
+                dr_router_forward(&logits, &hpre, &hact, x, s.value("router.w1"), s.value("router.b1"), s.value("router.w2"),
+                                  s.value("router.b2"), mask, Int64(B), Int64(C), Int64(Hd), Int64(K))
+                _ = dr_softmax_xent_forward_backward(&losses, &dlogits, nil, logits, labels, nil, nil, weights, Int64(B), Int64(K))
+                dr_router_backward(nil, s.grad("router.w1"), s.grad("router.b1"), s.grad("router.w2"), s.grad("router.b2"), &scratch,
+                                   dlogits, hpre, hact, x, s.value("router.w1"), s.value("router.w2"), mask,
+                                   Int64(B), Int64(C), Int64(Hd), Int64(K))
+                step += 1
+                adam.apply(s, segments: segments, lr: opt.learningRate(step: t, total: total), t: step)
+                t += 1
+            }
+        }
+    }
+
+    /// Drops cached features (e.g. when the base model changes — it never does for adapters).
+    public func clearCache() { featureCache.removeAll() }
+}
