@@ -36,6 +36,25 @@ public struct SyntheticConfig: Codable, Hashable, Sendable {
         self.typoRate = typoRate
     }
 
+    enum CodingKeys: String, CodingKey {
+        case domains, intentsPerDomain, trainPerIntent, valPerIntent, testPerIntent, seed, headTailSkew, multiIntentTestPerDomain, typoRate
+    }
+
+    /// Every field is optional in a config file; absent ones take the defaults above.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = SyntheticConfig()
+        self.init(domains: try c.decodeIfPresent(Int.self, forKey: .domains) ?? d.domains,
+                  intentsPerDomain: try c.decodeIfPresent(Int.self, forKey: .intentsPerDomain) ?? d.intentsPerDomain,
+                  trainPerIntent: try c.decodeIfPresent(Int.self, forKey: .trainPerIntent) ?? d.trainPerIntent,
+                  valPerIntent: try c.decodeIfPresent(Int.self, forKey: .valPerIntent) ?? d.valPerIntent,
+                  testPerIntent: try c.decodeIfPresent(Int.self, forKey: .testPerIntent) ?? d.testPerIntent,
+                  seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed,
+                  headTailSkew: try c.decodeIfPresent(Double.self, forKey: .headTailSkew) ?? d.headTailSkew,
+                  multiIntentTestPerDomain: try c.decodeIfPresent(Int.self, forKey: .multiIntentTestPerDomain) ?? d.multiIntentTestPerDomain,
+                  typoRate: try c.decodeIfPresent(Double.self, forKey: .typoRate) ?? d.typoRate)
+    }
+
     /// Training examples per intent of domain `k` (0-based) after the head/tail skew.
     public func trainPerIntent(domain k: Int) -> Int {
         guard headTailSkew != 0 else { return trainPerIntent }

@@ -59,7 +59,19 @@ public struct TrainingBatch {
     public var logitTargets: [[Float]?] = []
     public var anchorTargets: [[Float]?] = []
     public init() {}
+    /// Per-row class range of the stored logits (DER), when it differs from the loss range.
+    public var logitLo: [Int32]? = nil
+    public var logitHi: [Int32]? = nil
     public var count: Int { sequences.count }
+
+    /// Widens every row's classification range to all `classCount` seen classes, keeping the
+    /// stored logits' own ranges for logit replay.
+    public mutating func scopeToAllSeen(classCount: Int) {
+        logitLo = rangeLo
+        logitHi = rangeHi
+        rangeLo = [Int32](repeating: 0, count: count)
+        rangeHi = [Int32](repeating: Int32(classCount), count: count)
+    }
     public mutating func append(ids: [Int32], gate: Int32, label: Int32, range: Range<Int>, logits: [Float]? = nil, anchor: [Float]? = nil) {
         sequences.append(ids); gateIds.append(gate); labels.append(label)
         rangeLo.append(Int32(range.lowerBound)); rangeHi.append(Int32(range.upperBound))
@@ -434,12 +446,13 @@ public final class ContinualModel {
             var w = [Float](repeating: 0, count: B)
             for b in 0..<B {
                 guard let t = tb.logitTargets[b] else { continue }
-                let lo = Int(tb.rangeLo[b])
-                precondition(t.count == Int(tb.rangeHi[b]) - lo, "stored logits do not match the class range")
+                let lo = Int((tb.logitLo ?? tb.rangeLo)[b])
+                precondition(t.count == Int((tb.logitHi ?? tb.rangeHi)[b]) - lo, "stored logits do not match the class range")
                 for j in 0..<t.count { targetsBuf[b * V + lo + j] = t[j] }
                 w[b] = weights.logitReplay / Float(replayRows)
             }
-            parts.logitReplay = dr_mse_forward_backward(&dlogits, logitsBuf, targetsBuf, tb.rangeLo, tb.rangeHi, w, Int64(B), Int64(V))
+            parts.logitReplay = dr_mse_forward_backward(&dlogits, logitsBuf, targetsBuf, tb.logitLo ?? tb.rangeLo, tb.logitHi ?? tb.rangeHi,
+                                                        w, Int64(B), Int64(V))
         }
         let anchorRows = tb.anchorTargets.filter { $0 != nil }.count
         if anchorRows > 0 && weights.anchor > 0 {

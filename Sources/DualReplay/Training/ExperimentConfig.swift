@@ -70,6 +70,11 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     public var routerBalanced: Bool?
     /// Reference methods (joint, single): which architecture ("adapter" or "lora").
     public var architecture: String?
+    /// Softmax scope of the classification loss: "domain" (the example's own domain's intents:
+    /// task-incremental, for methods whose router picks the domain) or "seen" (every intent seen
+    /// so far: class-incremental, what an argmax over all intents needs). Default: "domain" with a
+    /// router, "seen" without.
+    public var lossScope: String?
 
     public init(kind: MethodKind) { self.kind = kind }
 }
@@ -95,6 +100,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     public var samplingFloorWeight: Double
     public var forgettingEMA: Double
     public var routerBalanced: Bool
+    /// true: softmax over every seen intent; false: over the example's domain.
+    public var lossOverSeen: Bool
 
     public static func resolve(_ m: MethodConfig, training t: TrainingDefaults) throws -> MethodSettings {
         let arch = m.architecture ?? "adapter"
@@ -131,7 +138,11 @@ public struct MethodSettings: Codable, Equatable, Sendable {
             protectOldChannels: m.protectOldChannels ?? 0, loss: loss,
             domainFraction: m.domainFraction ?? 0.7, floorWeight: m.floorWeight ?? 0.2,
             samplingFloorWeight: m.samplingFloorWeight ?? 0.2, forgettingEMA: m.forgettingEMA ?? 0.5,
-            routerBalanced: m.routerBalanced ?? true)
+            routerBalanced: m.routerBalanced ?? true,
+            lossOverSeen: (m.lossScope ?? ((m.router ?? (m.kind == .dualReplay)) ? "domain" : "seen")) == "seen")
+        if let scope = m.lossScope, scope != "domain" && scope != "seen" {
+            throw ConfigError.invalid(field: "methods[\(s.name)].lossScope", reason: "must be \"domain\" or \"seen\", got \"\(scope)\"")
+        }
         try s.validate()
         return s
     }

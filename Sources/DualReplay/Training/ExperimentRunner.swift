@@ -270,6 +270,11 @@ public final class ExperimentRunner {
                     tb.append(ids: e.ids, gate: Int32(e.domain), label: e.label, range: m.domains[e.domain].classRange)
                 }
                 if replayPerBatch > 0 { replay(&tb, replayPerBatch, &rng) }
+                if s.lossOverSeen {
+                    // class-incremental: the softmax covers every intent seen so far (logit
+                    // targets keep their own domain's range through `logitRanges`)
+                    tb.scopeToAllSeen(classCount: m.classCount)
+                }
                 var parts = try m.computeGradients(tb, weights: s.loss)
                 guard parts.total.isFinite else {
                     throw TrainingError.nonFinite(what: "loss", step: m.optimizerStep + 1, domain: m.domains[currentDomain].name)

@@ -1,0 +1,121 @@
+import Foundation
+import Testing
+@testable import DualReplay
+
+/// The experiment runner end to end on the real encoder and a small synthetic scenario, and the
+/// config's validation.
+@Suite(.serialized) struct RunnerTests {
+    static func encoder() throws -> SentenceEncoder {
+        let dir = try TestPaths.require(TestPaths.model.appendingPathComponent("model.safetensors")).deletingLastPathComponent()
+        return try SentenceEncoder(modelDirectory: dir, maxLength: 32)
+    }
+
+    static func smallConfig(_ methods: [MethodConfig]) -> ExperimentConfig {
+        var cfg = ExperimentConfig(
+            name: "test",
+            data: DataConfig(synthetic: SyntheticConfig(domains: 3, intentsPerDomain: 4, trainPerIntent: 16, valPerIntent: 4,
+                                                        testPerIntent: 6, seed: 3)),
+            methods: methods)
+        cfg.orderings = 1
+        cfg.latencySamples = 0
+        var t = TrainingDefaults()
+        t.epochs = 4
+        t.batchSize = 16
+        t.learningRate = 5e-3
+        t.bufferExamples = 40
+        t.maxLength = 32
+        t.routerTraining.epochs = 10
+        cfg.training = t
+        return cfg
+    }
+
+    /// Without replay, the newest domain's head wins every argmax over all seen intents: old
+    /// domains collapse (a large negative BWT). One reservoir buffer must measurably prevent it.
+    @Test func replayMeasurablyReducesForgetting() throws {
+        let enc = try Self.encoder()
+        let cfg = Self.smallConfig([MethodConfig(kind: .lora), MethodConfig(kind: .loraReplay)])
+        try cfg.validate()
+        let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
+        let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test")
+        let results = try runner.run()
+        let noReplay = results.summaries.first { $0.kind == .lora }!, replay = results.summaries.first { $0.kind == .loraReplay }!
+        let bwt0 = noReplay.routed.backwardTransfer.mean, bwt1 = replay.routed.backwardTransfer.mean
+        #expect(bwt1 > bwt0 + 0.15, "routed BWT without replay \(bwt0), with replay \(bwt1)")
+        #expect(replay.routed.averageF1.mean > noReplay.routed.averageF1.mean + 0.1)
+        // the buffer stayed within the byte budget, and every run recorded its ledger
+        let run = results.runs.first { $0.kind == .loraReplay }!
+        #expect((run.bufferBytesUsed ?? .max) <= runner.byteBudget)
+        #expect(run.ledger?.entries.count == scenario.count)
+        // the matrix is lower-triangular: R[i][j] defined exactly for j <= i
+        for i in 0..<scenario.count { for j in 0..<scenario.count { #expect(run.routed.f1[i][j].isNaN == (j > i)) } }
+        // results serialise with their schema and protocol hash
+        let json = try JSONEncoder().encode(results)
+        let back = try JSONDecoder().decode(ExperimentResults.self, from: json)
+        #expect(back.schema == "dualreplay.results/1" && back.experimentProtocol.hash.count == 16)
+        #expect(ResultsReport.markdown(results).contains("| lora-replay |"))
+    }
+
+    /// Dual-Replay's pieces run together: gates, dual buffer (domain + general stream with its
+    /// anchoring loss), router; floors hold and the ledger records quotas after every domain.
+    @Test func dualReplayRunsWithRouterAndLedger() throws {
+        let enc = try Self.encoder()
+        var m = MethodConfig(kind: .dualReplay)
+        m.bottleneck = 16
+        m.logitReplayWeight = 0.5
+        let cfg = Self.smallConfig([m])
+        let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
+        let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test")
+        let results = try runner.run()
+        let run = results.runs[0]
+        #expect(run.routerAccuracy?.count == scenario.count)
+        #expect((run.routerAccuracy?.last ?? 0) > 0.6, "router accuracy \(run.routerAccuracy ?? [])")
+        #expect(run.routed.averageF1 > 0.5 && run.oracle.averageF1 > 0.5, "F1 routed \(run.routed.averageF1) oracle \(run.oracle.averageF1)")
+        let ledger = try #require(run.ledger)
+        #expect(ledger.entries.count == scenario.count)
+        for e in ledger.entries {
+            #expect(e.totalBytes <= runner.byteBudget)
+            for d in e.domains { #expect(d.items >= 1) }
+            #expect(e.generalItems > 0)
+        }
+        // a new domain adds exactly one gate row per adapter layer and one head
+        let layers = enc.config.layers, intents = 4
+        #expect(run.parametersPerNewDomain == layers * 16 + intents * enc.config.hidden + intents)
+    }
+
+    @Test func configErrorsNameTheFieldAndFile() throws {
+        let dir = try TestPaths.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func write(_ s: String, _ name: String = "c.json") throws -> URL {
+            let u = dir.appendingPathComponent(name)
+            try Data(s.utf8).write(to: u)
+            return u
+        }
+        let good = #"{"name":"x","data":{"synthetic":{"domains":2,"trainPerIntent":4}},"methods":[{"kind":"dual-replay"}]}"#
+        _ = try ExperimentConfig.load(try write(good))
+        let cases: [(String, String)] = [
+            (#"{"name":"x","data":{},"methods":[{"kind":"dual-replay"}]}"#, "data"),
+            (#"{"name":"x","data":{"synthetic":{}},"methods":[]}"#, "methods"),
+            (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"nope"}]}"#, "kind"),
+            (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora","epochs":0}]}"#, "epochs"),
+            (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}],"evalSplit":"train"}"#, "evalSplit"),
+            (#"{"name":"x","schemaVersion":9,"data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}]}"#, "schemaVersion"),
+            (#"{"data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}]}"#, "name"),
+            (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"},{"kind":"lora"}]}"#, "named"),
+            ("{not json", "JSON"),
+        ]
+        for (i, (text, field)) in cases.enumerated() {
+            let url = try write(text, "bad\(i).json")
+            do {
+                _ = try ExperimentConfig.load(url)
+                Issue.record("case \(i) was accepted")
+            } catch {
+                let msg = error.localizedDescription
+                #expect(msg.contains("bad\(i).json") && msg.contains(field), "case \(i): \(msg)")
+            }
+        }
+        // YAML through the same types
+        let yaml = try write("name: y\ndata:\n  files:\n    - path: clinc150/clinc150.jsonl\nmethods:\n  - kind: der\n    logitReplayWeight: 0.3\n", "c.yaml")
+        let cfg = try ExperimentConfig.load(yaml)
+        #expect(cfg.methods[0].kind == .der && cfg.methods[0].logitReplayWeight == 0.3)
+    }
+}
