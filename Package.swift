@@ -48,6 +48,11 @@ let package = Package(
             dependencies: ["DualReplay"],
             path: "Sources/dr-fuzz"
         ),
+        .executableTarget(
+            name: "compare-methods",
+            dependencies: ["DualReplay"],
+            path: "Examples/CompareMethods"
+        ),
         .testTarget(
             name: "DualReplayTests",
             dependencies: ["DualReplay", "CKernels"],
