@@ -38,6 +38,9 @@ struct DemoCommand: ParsableCommand {
         cfg.orderings = orderings
         cfg.threads = modelOptions.threads
         cfg.latencySamples = 100
+        var training = TrainingDefaults()
+        training.bufferExamples = 100  // about a tenth of the corpus: replay must choose
+        cfg.training = training
         try runExperiment(cfg, out: out, threads: modelOptions.threads, model: modelOptions.model)
     }
 }

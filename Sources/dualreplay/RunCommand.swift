@@ -47,7 +47,8 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     let (scenario, general) = try ExperimentSetup.scenario(cfg.data, seed: cfg.seed ?? 0)
     printError("dualreplay: \(scenario.count) domains, \(scenario.numClasses) intents, \(cfg.methods.count) methods × \(cfg.resolvedOrderingSeeds.count) orderings")
     let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: encoder, generalTexts: general, codeVersion: codeVersion())
-    runner.progress = { printError($0) }
+    let start = Date()
+    runner.progress = { printError(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + $0) }
     let results = try runner.run()
     let dir = URL(fileURLWithPath: out ?? "results/\(cfg.name)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -320,10 +320,22 @@ public final class ExperimentRunner {
             if let router {
                 let routes = router.route(part)
                 routerCorrect += routes.filter { $0 == Int32(j) }.count
-                let lg = m.logits(part, gateIds: routes)
+                // correctly routed rows have exactly the oracle's logits (same gate and head);
+                // only misrouted rows need a gated pass of their own
+                let wrong = (0..<B).filter { routes[$0] != Int32(j) }
+                var other: [Int: Int] = [:]
+                var lg: [Float] = []
+                if !wrong.isEmpty && !m.adapterLayers.isEmpty {
+                    lg = m.logits(wrong.map { part[$0] }, gateIds: wrong.map { routes[$0] })
+                    for (i, b) in wrong.enumerated() { other[b] = i }
+                }
                 for b in 0..<B {
                     let rr = m.domains[Int(routes[b])].classRange
-                    routedPred.append(Int32(rr.max { lg[b * V + $0] < lg[b * V + $1] }!))
+                    if let i = other[b] {
+                        routedPred.append(Int32(rr.max { lg[i * V + $0] < lg[i * V + $1] }!))
+                    } else {
+                        routedPred.append(Int32(rr.max { oracle[b * V + $0] < oracle[b * V + $1] }!))
+                    }
                 }
             } else {
                 // no router: the argmax over every seen class (gates, if any, of the newest domain)
@@ -391,108 +403,150 @@ public final class ExperimentRunner {
 
     // MARK: - sequential methods
 
-    func runSequential(_ s: MethodSettings, order: Scenario, seed: UInt64) throws -> RunResult {
+    /// What `runSequential` carries from one domain to the next. A production state
+    /// (State/ContinualState.swift) saves and restores exactly this.
+    final class SequentialState {
+        let model: ContinualModel
+        let router: DomainRouter?
+        var rng: SplitMix64
+        /// Best validation F1 of each seen domain so far (the forgetting signal's reference).
+        var bestVal: [Double] = []
+        var reservoir: ReservoirBuffer?
+        var dual: DualStreamBuffer?
+
+        init(model: ContinualModel, router: DomainRouter?, rng: SplitMix64) {
+            self.model = model
+            self.router = router
+            self.rng = rng
+        }
+    }
+
+    /// A fresh model, router and buffers for method `s`; Dual-Replay's general stream is filled here.
+    func makeSequentialState(_ s: MethodSettings, seed: UInt64) throws -> SequentialState {
         let m = makeModel(s, seed: seed)
-        let router = s.router ? DomainRouter(model: m) : nil
-        var rng = SplitMix64(seed: seed &+ 0x5EED)
+        let st = SequentialState(model: m, router: s.router ? DomainRouter(model: m) : nil, rng: SplitMix64(seed: seed &+ 0x5EED))
+        if s.kind == .loraReplay || s.kind == .der { st.reservoir = ReservoirBuffer(byteBudget: byteBudget, seed: seed) }
+        if s.kind == .dualReplay {
+            let dual = try DualStreamBuffer(config: DualStreamConfig(byteBudget: byteBudget, domainFraction: s.domainFraction,
+                                                                     floorWeight: s.floorWeight, samplingFloorWeight: s.samplingFloorWeight,
+                                                                     forgettingEMA: s.forgettingEMA, seed: seed))
+            // the general stream: general text, reservoir-sampled to its budget
+            var items: [ReplayItem] = []
+            for t in generalTexts.shuffled(using: &st.rng).prefix(4000) { items.append(.general(tokenIds: ids(t), target: nil)) }
+            dual.addGeneral(items: items)
+            st.dual = dual
+        }
+        return st
+    }
+
+    /// One domain of `runSequential`: adds `seen.last` as domain k = seen.count - 1, trains it with
+    /// replay, measures every seen domain's validation F1 (the forgetting signal), updates the
+    /// buffers and retrains the router. Returns the validation row, the examples trained and the
+    /// parameters the domain added.
+    func trainDomain(_ st: SequentialState, _ s: MethodSettings, seen: [ScenarioDomain], label: String) throws
+        -> (validationF1: [Double], trained: Int, parametersAdded: Int) {
+        let m = st.model, router = st.router, reservoir = st.reservoir, dual = st.dual
+        let k = seen.count - 1, d = seen[k]
+        precondition(m.domains.count == k, "trainDomain: the model holds \(m.domains.count) domains, expected \(k)")
+        var rng = st.rng
+        var bestVal = st.bestVal
+        let paramsBefore = m.store.count - m.store.count(group: "router")
+        addDomain(m, d, s, rng: &rng)
+        let paramsPerDomain = m.store.count - m.store.count(group: "router") - paramsBefore
+        let rows = trainingRows(d, domainIndex: k)
+        guard !rows.isEmpty else { throw RunnerError.data("domain \(d.name) has no training examples") }
+        let replay: (inout TrainingBatch, Int, inout SplitMix64) -> Void = { [self] tb, n, rng in
+            if let res = reservoir, res.count > 0 {
+                for it in res.sample(count: n, rng: &rng) {
+                    let r = m.domains[Int(it.domain)].classRange
+                    tb.append(ids: it.tokenIds, gate: it.domain, label: it.label, range: r, logits: it.logits)
+                }
+            } else if let dual, k > 0 {
+                let nGeneral = dual.generalCount > 0 && s.loss.anchor > 0 ? Int((Double(n) * (1 - s.domainFraction)).rounded()) : 0
+                for it in dual.sample(count: n - nGeneral, rng: &rng) {
+                    let r = m.domains[Int(it.domain)].classRange
+                    tb.append(ids: it.tokenIds, gate: it.domain, label: it.label, range: r, logits: it.logits)
+                }
+                let general = dual.sampleGeneral(count: nGeneral, rng: &rng)
+                let targets = frozenPooled(general.map(\.tokenIds))
+                for (i, it) in general.enumerated() {
+                    tb.append(ids: it.tokenIds, gate: Int32(k), label: -1, range: m.domains[k].classRange, anchor: targets[i])
+                }
+            }
+        }
+        progress("\(s.name) domain \(label) '\(d.name)' (\(rows.count) examples)")
+        let trained = try trainPhase(m, s, examples: rows, replay: replay, rng: &rng, label: "\(s.name) \(label)")
+        // validation F1 of every seen domain: the forgetting signal
+        var vrow: [Double] = []
+        for j in 0...k {
+            let e = evaluate(m, router: nil, domain: j, examples: split(seen[j], .val))
+            vrow.append(e.oracleF1)
+        }
+        bestVal.append(0)
+        var forgetting: [Int32: Float] = [:]
+        for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
+        for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
+        // buffers
+        let logitsFor: ([[Int32]]) -> [[Float]] = { seqs in
+            var out: [[Float]] = []
+            let r = m.domains[k].classRange, V = m.classCount
+            for start in stride(from: 0, to: seqs.count, by: 64) {
+                let part = Array(seqs[start..<min(seqs.count, start + 64)])
+                let lg = m.logits(part, gateIds: [Int32](repeating: Int32(k), count: part.count))
+                for b in 0..<part.count { out.append(Array(lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)])) }
+            }
+            return out
+        }
+        let storeLogits = s.loss.logitReplay > 0
+        if let res = reservoir {
+            let shuffled = rows.shuffled(using: &rng)
+            let lg = storeLogits ? logitsFor(shuffled.map(\.ids)) : []
+            for (i, r) in shuffled.enumerated() {
+                res.add(ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil))
+            }
+            _ = res.appendLedgerEntry(newDomain: Int32(k))
+        }
+        if let dual {
+            dual.updateForgetting(forgetting)
+            let lg = storeLogits ? logitsFor(rows.map(\.ids)) : []
+            let items = rows.enumerated().map { i, r in
+                ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
+            }
+            try dual.addDomain(Int32(k), items: items, forgetting: forgetting)
+        }
+        if let router {
+            var buffered: [ReplayItem] = []
+            if let dual { for j in 0..<k { buffered += dual.items(of: Int32(j)) } }
+            if let res = reservoir { buffered = res.items.filter { $0.domain != Int32(k) } }
+            var ex = routerExamples(m, newDomain: rows, buffered: buffered, rng: &rng)
+            if dual == nil && reservoir == nil {
+                // no buffer: the router only ever sees the newest domain (that is the point)
+                ex = ex.filter { $0.domain == Int32(k) }
+            }
+            var rc = training.routerTraining
+            rc.balanced = s.routerBalanced
+            router.train(ex, config: rc, optimizer: training.optimizer, rng: &rng)
+        }
+        st.rng = rng
+        st.bestVal = bestVal
+        return (vrow, trained, paramsPerDomain)
+    }
+
+    func runSequential(_ s: MethodSettings, order: Scenario, seed: UInt64) throws -> RunResult {
+        let st = try makeSequentialState(s, seed: seed)
+        let m = st.model, router = st.router
         let K = order.count
         var routed = EvalMatrix(domains: order.domainNames), oracle = routed, racc = routed, oacc = routed
         var valF1: [[Double]] = []
         var routerAcc: [Double] = []
-        var bestVal = [Double](repeating: 0, count: K)
-        var reservoir: ReservoirBuffer? = nil
-        var dual: DualStreamBuffer? = nil
-        if s.kind == .loraReplay || s.kind == .der { reservoir = ReservoirBuffer(byteBudget: byteBudget, seed: seed) }
-        if s.kind == .dualReplay {
-            dual = try DualStreamBuffer(config: DualStreamConfig(byteBudget: byteBudget, domainFraction: s.domainFraction,
-                                                                 floorWeight: s.floorWeight, samplingFloorWeight: s.samplingFloorWeight,
-                                                                 forgettingEMA: s.forgettingEMA, seed: seed))
-            // the general stream: general text, reservoir-sampled to its budget
-            var items: [ReplayItem] = []
-            for t in generalTexts.shuffled(using: &rng).prefix(4000) { items.append(.general(tokenIds: ids(t), target: nil)) }
-            dual!.addGeneral(items: items)
-        }
         var trainTime = 0.0, evalTime = 0.0, trained = 0
-        var paramsBefore = 0, paramsPerDomain = 0
-        for (k, d) in order.domains.enumerated() {
+        var paramsPerDomain = 0
+        for k in order.domains.indices {
             let t0 = Date()
-            paramsBefore = m.store.count - m.store.count(group: "router")
-            addDomain(m, d, s, rng: &rng)
-            paramsPerDomain = m.store.count - m.store.count(group: "router") - paramsBefore
-            let rows = trainingRows(d, domainIndex: k)
-            guard !rows.isEmpty else { throw RunnerError.data("domain \(d.name) has no training examples") }
-            let replay: (inout TrainingBatch, Int, inout SplitMix64) -> Void = { [self] tb, n, rng in
-                if let res = reservoir, res.count > 0 {
-                    for it in res.sample(count: n, rng: &rng) {
-                        let r = m.domains[Int(it.domain)].classRange
-                        tb.append(ids: it.tokenIds, gate: it.domain, label: it.label, range: r, logits: it.logits)
-                    }
-                } else if let dual, k > 0 {
-                    let nGeneral = dual.generalCount > 0 && s.loss.anchor > 0 ? Int((Double(n) * (1 - s.domainFraction)).rounded()) : 0
-                    for it in dual.sample(count: n - nGeneral, rng: &rng) {
-                        let r = m.domains[Int(it.domain)].classRange
-                        tb.append(ids: it.tokenIds, gate: it.domain, label: it.label, range: r, logits: it.logits)
-                    }
-                    let general = dual.sampleGeneral(count: nGeneral, rng: &rng)
-                    let targets = frozenPooled(general.map(\.tokenIds))
-                    for (i, it) in general.enumerated() {
-                        tb.append(ids: it.tokenIds, gate: Int32(k), label: -1, range: m.domains[k].classRange, anchor: targets[i])
-                    }
-                }
-            }
-            progress("\(s.name) domain \(k + 1)/\(K) '\(d.name)' (\(rows.count) examples)")
-            trained += try trainPhase(m, s, examples: rows, replay: replay, rng: &rng, label: "\(s.name) \(k + 1)/\(K)")
-            // validation F1 of every seen domain: the forgetting signal
-            var vrow: [Double] = []
-            for j in 0...k {
-                let e = evaluate(m, router: nil, domain: j, examples: split(order.domains[j], .val))
-                vrow.append(e.oracleF1)
-            }
-            valF1.append(vrow)
-            var forgetting: [Int32: Float] = [:]
-            for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
-            for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
-            // buffers
-            let logitsFor: ([[Int32]]) -> [[Float]] = { seqs in
-                var out: [[Float]] = []
-                let r = m.domains[k].classRange, V = m.classCount
-                for start in stride(from: 0, to: seqs.count, by: 64) {
-                    let part = Array(seqs[start..<min(seqs.count, start + 64)])
-                    let lg = m.logits(part, gateIds: [Int32](repeating: Int32(k), count: part.count))
-                    for b in 0..<part.count { out.append(Array(lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)])) }
-                }
-                return out
-            }
-            let storeLogits = s.loss.logitReplay > 0
-            if let res = reservoir {
-                let shuffled = rows.shuffled(using: &rng)
-                let lg = storeLogits ? logitsFor(shuffled.map(\.ids)) : []
-                for (i, r) in shuffled.enumerated() {
-                    res.add(ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil))
-                }
-                _ = res.appendLedgerEntry(newDomain: Int32(k))
-            }
-            if let dual {
-                dual.updateForgetting(forgetting)
-                let lg = storeLogits ? logitsFor(rows.map(\.ids)) : []
-                let items = rows.enumerated().map { i, r in
-                    ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
-                }
-                try dual.addDomain(Int32(k), items: items, forgetting: forgetting)
-            }
-            if let router {
-                var buffered: [ReplayItem] = []
-                if let dual { for j in 0..<k { buffered += dual.items(of: Int32(j)) } }
-                if let res = reservoir { buffered = res.items.filter { $0.domain != Int32(k) } }
-                var ex = routerExamples(m, newDomain: rows, buffered: buffered, rng: &rng)
-                if dual == nil && reservoir == nil {
-                    // no buffer: the router only ever sees the newest domain (that is the point)
-                    ex = ex.filter { $0.domain == Int32(k) }
-                }
-                var rc = training.routerTraining
-                rc.balanced = s.routerBalanced
-                router.train(ex, config: rc, optimizer: training.optimizer, rng: &rng)
-            }
+            let step = try trainDomain(st, s, seen: Array(order.domains[0...k]), label: "\(k + 1)/\(K)")
+            valF1.append(step.validationF1)
+            trained += step.trained
+            paramsPerDomain = step.parametersAdded
             let t1 = Date()
             trainTime += t1.timeIntervalSince(t0)
             // the eval matrix row
@@ -514,7 +568,7 @@ public final class ExperimentRunner {
         let lat = latency(m, router: router, texts: order.domains.flatMap { $0.test.map(\.text) })
         return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
                          routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: router == nil ? nil : routerAcc,
-                         validationF1: valF1, ledger: dual?.ledger ?? reservoir?.ledger, bufferBytesUsed: dual?.bytesUsed ?? reservoir?.bytesUsed,
+                         validationF1: valF1, ledger: st.dual?.ledger ?? st.reservoir?.ledger, bufferBytesUsed: st.dual?.bytesUsed ?? st.reservoir?.bytesUsed,
                          trainableParameters: m.store.count, parametersPerNewDomain: paramsPerDomain,
                          trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9),
                          latencyP50ms: lat?.p50, latencyP99ms: lat?.p99)

@@ -33,7 +33,7 @@ extension RouterConfig {
 /// parameter store (group "router"); its optimizer step counter is its own.
 public final class DomainRouter {
     unowned let model: ContinualModel
-    public private(set) var step = 0
+    public internal(set) var step = 0
     /// Frozen features never change, so they are computed once per token sequence.
     private var featureCache: [[Int32]: [Float]] = [:]
 
