@@ -1,0 +1,383 @@
+// A continual-learning model in production: created once, then one domain at a time is onboarded
+// (trained exactly as `ExperimentRunner.runSequential` trains a domain), every known domain is
+// re-evaluated on its frozen test split, and the whole state is saved as a new version.
+import CKernels
+import Foundation
+
+/// One domain's change between two versions.
+public struct DomainChange: Codable, Equatable, Sendable {
+    public var domain: String
+    /// Routed macro-F1 (0..1) before (nil for the new domain) and after.
+    public var before: Double?
+    public var after: Double
+    public var bufferItems: Int?
+    public var bufferBytes: Int?
+    public var bufferQuota: Int?
+    public var bufferFloor: Int?
+}
+
+/// What an onboarding changed: the report `onboard` prints.
+public struct StateDiff: Codable, Equatable, Sendable {
+    public var fromVersion: Int?
+    public var toVersion: Int
+    public var domainAdded: String
+    public var domains: [DomainChange]
+    /// Backward transfer of the routed F1 matrix (0..1; negative = forgetting).
+    public var backwardTransferBefore: Double?
+    public var backwardTransfer: Double
+    public var routerAccuracyBefore: Double?
+    public var routerAccuracy: Double?
+    /// Mean routed F1 of the domains with the most training data minus that of the least
+    /// (halves by training-set size; nil when fewer than two domains or no size difference).
+    public var headTailGap: Double?
+    public var generalBufferItems: Int?
+    public var bufferBytesUsed: Int?
+    public var byteBudget: Int
+    public var redLines: [String]
+}
+
+/// One prediction of `ContinualState.predict`.
+public struct Prediction: Codable, Equatable, Sendable {
+    public struct DomainProbability: Codable, Equatable, Sendable {
+        public var domain: String
+        public var probability: Double
+    }
+    public var text: String
+    public var domain: String
+    public var intent: String
+    /// Softmax probability of the intent within the routed domain's intents.
+    public var confidence: Double
+    /// The router's top-3 domains (nil for methods without a router).
+    public var router: [DomainProbability]?
+    /// Gate row (domain index) the adapter ran with.
+    public var gate: Int
+}
+
+public enum OnboardError: LocalizedError, Equatable {
+    case notOneDomain(file: String, found: [String])
+    public var errorDescription: String? {
+        switch self {
+        case let .notOneDomain(f, found):
+            return "\(f): a domain file must hold exactly one domain, found \(found.count)" + (found.isEmpty ? "" : ": \(found.joined(separator: ", "))")
+        }
+    }
+}
+
+public final class ContinualState {
+    public let encoder: SentenceEncoder
+    public private(set) var manifest: StateManifest
+    public private(set) var metrics: [MetricsRow]
+    /// Val and test rows of each domain (indexed like `manifest.domains`).
+    public private(set) var domainExamples: [[IntentExample]]
+    private(set) var sequential: ExperimentRunner.SequentialState
+    public var progress: (String) -> Void = { _ in }
+    /// The general stream's source texts; only needed while no domain is trained yet.
+    private var generalTexts: [String]
+
+    public var model: ContinualModel { sequential.model }
+    public var router: DomainRouter? { sequential.router }
+    public var settings: MethodSettings { manifest.settings }
+
+    private init(encoder: SentenceEncoder, manifest: StateManifest, metrics: [MetricsRow], domainExamples: [[IntentExample]],
+                 sequential: ExperimentRunner.SequentialState, generalTexts: [String]) {
+        self.encoder = encoder
+        self.manifest = manifest
+        self.metrics = metrics
+        self.domainExamples = domainExamples
+        self.sequential = sequential
+        self.generalTexts = generalTexts
+    }
+
+    /// A new state with no domain yet. `config.methods[0]` is the method; `config.training` its
+    /// defaults (a nil `bufferBytes` is fixed from the first domain onboarded).
+    public static func create(config: ExperimentConfig, encoder: SentenceEncoder, generalTexts: [String],
+                              modelPath: String?, codeVersion: String? = nil) throws -> ContinualState {
+        precondition(config.methods.count == 1, "a state follows exactly one method")
+        let training = config.training ?? TrainingDefaults()
+        let settings = try MethodSettings.resolve(config.methods[0], training: training)
+        let w = encoder.weights
+        let manifest = StateManifest(
+            version: 0, createdAt: ISO8601DateFormatter().string(from: Date()), codeVersion: codeVersion,
+            baseModel: BaseModelInfo(fingerprint: w.fingerprint(), layers: w.config.layers, hidden: w.config.hidden,
+                                     vocabSize: w.config.vocabSize, path: modelPath),
+            config: config, settings: settings, seed: config.seed ?? 0, byteBudget: training.bufferBytes ?? 0, domains: [],
+            modelOptimizerStep: 0, routerOptimizerStep: nil, trainingRNG: 0, modelRNG: 0, bestValidationF1: [], tensors: [], files: [])
+        // the model and buffers are built when the first domain fixes the byte budget (`onboard`)
+        let placeholder = ExperimentRunner.SequentialState(model: ContinualModel(base: w, spec: settings.spec, seed: 0), router: nil,
+                                                           rng: SplitMix64(seed: 0))
+        return ContinualState(encoder: encoder, manifest: manifest, metrics: [], domainExamples: [], sequential: placeholder,
+                              generalTexts: generalTexts)
+    }
+
+    /// Rebuilds model, router, buffers and generators from a loaded state. The encoder must be
+    /// the base model the state was trained on (fingerprint).
+    public static func restore(_ loaded: LoadedState, encoder: SentenceEncoder) throws -> ContinualState {
+        let mf = loaded.manifest
+        let manifestPath = loaded.versionDirectory.appendingPathComponent(StateDirectory.manifestName).path
+        let fp = encoder.weights.fingerprint()
+        guard fp == mf.baseModel.fingerprint else {
+            throw StateError.baseModelMismatch(file: manifestPath, saved: mf.baseModel.fingerprint, loaded: fp)
+        }
+        guard loaded.domainExamples.count == mf.domains.count, !mf.domains.isEmpty else {
+            throw StateError.malformed(file: manifestPath, reason: "\(mf.domains.count) domains but \(loaded.domainExamples.count) domain files")
+        }
+        let runner = try makeRunner(mf, encoder: encoder, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
+        let st = try runner.makeSequentialState(mf.settings, seed: mf.seed)
+        var rng = SplitMix64(seed: 0)
+        for d in runner.scenario.domains { runner.addDomain(st.model, d, mf.settings, rng: &rng) }
+        // the layout must match the saved one exactly: names, shapes, offsets
+        let store = st.model.store
+        guard store.tensors.count == mf.tensors.count else {
+            throw StateError.tensorMismatch(file: manifestPath, tensor: "(layout)",
+                                            reason: "the method's spec builds \(store.tensors.count) tensors, the state has \(mf.tensors.count)")
+        }
+        for (a, b) in zip(store.tensors, mf.tensors) where a.name != b.name || a.shape != b.shape || a.offset != b.offset {
+            throw StateError.tensorMismatch(file: manifestPath, tensor: b.name,
+                                            reason: "the method's spec builds \(a.name) \(a.shape) at \(a.offset), the state has \(b.shape) at \(b.offset)")
+        }
+        store.load(values: loaded.values, moment1: loaded.moment1, moment2: loaded.moment2)
+        for t in mf.tensors {
+            store.setTrainable(t.trainable) { $0.name == t.name }
+            store.setTrainableRows(t.name, t.trainableRows)
+        }
+        st.model.optimizerStep = mf.modelOptimizerStep
+        st.model.rngState = SplitMix64(seed: mf.modelRNG)
+        st.router?.step = mf.routerOptimizerStep ?? 0
+        st.rng = SplitMix64(seed: mf.trainingRNG)
+        st.bestVal = mf.bestValidationF1
+        st.reservoir = nil
+        st.dual = nil
+        switch loaded.buffer {
+        case .reservoir(let s)?: st.reservoir = try ReservoirBuffer(state: s)
+        case .dualStream(let s)?: st.dual = try DualStreamBuffer(state: s)
+        case nil: break
+        }
+        return ContinualState(encoder: encoder, manifest: mf, metrics: loaded.metrics, domainExamples: loaded.domainExamples,
+                              sequential: st, generalTexts: [])
+    }
+
+    /// Loads the current version of `dir` and restores it on `encoder`.
+    public static func open(_ dir: URL, encoder: SentenceEncoder) throws -> ContinualState {
+        try restore(try StateDirectory.load(dir), encoder: encoder)
+    }
+
+    private static func scenarioDomains(_ mf: StateManifest, _ examples: [[IntentExample]], file: String) throws -> [DomainData] {
+        try zip(mf.domains, examples).map { d, rows in
+            let val = rows.filter { $0.split == .val }, test = rows.filter { $0.split == .test }
+            guard !test.isEmpty else { throw StateError.malformed(file: file, reason: "domain \"\(d.name)\" has no test rows") }
+            return DomainData(name: d.name, intents: d.intents, train: [], val: val, test: test)
+        }
+    }
+
+    /// A runner over `domains` (in training order) with the state's config and byte budget.
+    private static func makeRunner(_ mf: StateManifest, encoder: SentenceEncoder, domains: [DomainData],
+                                   generalTexts: [String] = []) throws -> ExperimentRunner {
+        var cfg = mf.config
+        var training = cfg.training ?? TrainingDefaults()
+        if mf.byteBudget > 0 { training.bufferBytes = mf.byteBudget }
+        cfg.training = training
+        let scenario = try Scenario(domains: domains)
+        for (d, r) in zip(scenario.domains, mf.domains) where Int(d.labelOffset) != r.classOffset || d.intents != r.intents {
+            throw StateError.malformed(file: StateDirectory.manifestName, reason: "domain \"\(r.name)\": class offset or intents do not match the registry")
+        }
+        return ExperimentRunner(config: cfg, scenario: scenario, encoder: encoder, generalTexts: generalTexts, codeVersion: mf.codeVersion ?? "unknown")
+    }
+
+    /// Exactly one domain from a JSONL file (errors name the file and line).
+    public static func loadDomain(_ url: URL) throws -> DomainData {
+        let ds = try IntentDataset.load(jsonl: url)
+        guard ds.domains.count == 1 else { throw OnboardError.notOneDomain(file: url.path, found: ds.domains.map(\.name)) }
+        return ds.domains[0]
+    }
+
+    // MARK: - Onboarding
+
+    /// Trains `domain` with replay as `runSequential` does, re-evaluates every known domain on
+    /// its test split and returns the diff against the previous version. Nothing is saved here.
+    public func onboard(_ domain: DomainData, source: String = "(domain)") throws -> StateDiff {
+        guard !manifest.domains.contains(where: { $0.name == domain.name }) else {
+            throw StateError.domainExists(name: domain.name, file: source)
+        }
+        guard !domain.train.isEmpty, !domain.test.isEmpty else {
+            throw StateError.invalidDomain(file: source, reason: "domain \"\(domain.name)\" needs train and test rows")
+        }
+        let known = try ContinualState.scenarioDomains(manifest, domainExamples, file: StateDirectory.manifestName)
+        let first = manifest.domains.isEmpty
+        let runner = try ContinualState.makeRunner(manifest, encoder: encoder, domains: known + [domain], generalTexts: generalTexts)
+        runner.progress = progress
+        var st = sequential
+        if first {
+            manifest.byteBudget = runner.byteBudget
+            st = try runner.makeSequentialState(settings, seed: manifest.seed)
+        }
+        let seen = runner.scenario.domains
+        let k = seen.count - 1
+        let step = try runner.trainDomain(st, settings, seen: seen, label: "\(k + 1)")
+        // evaluation of every seen domain on its frozen split
+        var routed: [Double] = [], oracle: [Double] = [], racc: [Double] = [], oacc: [Double] = []
+        var correct = 0, total = 0
+        for j in 0...k {
+            let e = runner.evaluate(st.model, router: st.router, domain: j, examples: runner.split(seen[j], runner.evalSplit))
+            routed.append(e.routedF1); oracle.append(e.oracleF1); racc.append(e.routedAcc); oacc.append(e.oracleAcc)
+            correct += e.routerCorrect
+            total += e.count
+        }
+        let previous = metrics.last
+        let fromVersion = first ? nil : manifest.version
+        // commit to the in-memory state (a failed save leaves the directory as it was)
+        if first { sequential = st }
+        manifest.domains.append(DomainRecord(name: domain.name, intents: seen[k].intents, classOffset: Int(seen[k].labelOffset),
+                                             trainExamples: domain.train.count, dataFile: ""))
+        domainExamples.append(domain.val + domain.test)
+        let row = MetricsRow(version: manifest.version + 1, domainAdded: domain.name, domains: seen.map(\.name), routedF1: routed,
+                             oracleF1: oracle, routedAccuracy: racc, oracleAccuracy: oacc, validationF1: step.validationF1,
+                             routerAccuracy: st.router == nil ? nil : Double(correct) / Double(max(total, 1)),
+                             createdAt: ISO8601DateFormatter().string(from: Date()))
+        metrics.append(row)
+        generalTexts = []
+        return diff(previous: previous, fromVersion: fromVersion)
+    }
+
+    /// The routed F1 matrix of the history (row i: after the i-th domain).
+    public var routedMatrix: EvalMatrix {
+        let names = manifest.domains.map(\.name)
+        var m = EvalMatrix(domains: names)
+        for (i, row) in metrics.enumerated() where i < names.count {
+            for (j, f) in row.routedF1.enumerated() where j < names.count { m[afterTraining: i, domain: j] = f }
+        }
+        return m
+    }
+
+    func diff(previous: MetricsRow?, fromVersion: Int?) -> StateDiff {
+        let st = sequential
+        let row = metrics.last!
+        let names = manifest.domains.map(\.name)
+        var occupancy: [Int32: (items: Int, bytes: Int)] = [:]
+        if let d = st.dual { occupancy = d.occupancy() } else if let r = st.reservoir { occupancy = r.occupancy() }
+        var changes: [DomainChange] = []
+        var redLines: [String] = []
+        for (j, name) in names.enumerated() {
+            let before = previous.flatMap { p in p.domains.firstIndex(of: name).map { p.routedF1[$0] } }
+            let occ = occupancy[Int32(j)]
+            let floor = st.dual?.floorBytes(of: Int32(j))
+            changes.append(DomainChange(domain: name, before: before, after: row.routedF1[j], bufferItems: occ?.items ?? (occupancy.isEmpty ? nil : 0),
+                                        bufferBytes: occ?.bytes ?? (occupancy.isEmpty ? nil : 0),
+                                        bufferQuota: st.dual?.quota(of: Int32(j)), bufferFloor: floor))
+            if let floor, (occ?.bytes ?? 0) < floor {
+                redLines.append("domain \"\(name)\" holds \(occ?.bytes ?? 0) buffer bytes, below its floor of \(floor)")
+            }
+        }
+        let matrix = routedMatrix
+        let bwt = matrix.backwardTransfer
+        var bwtBefore: Double? = nil
+        if names.count > 1 {
+            let prevNames = Array(names.dropLast())
+            var pm = EvalMatrix(domains: prevNames)
+            for i in prevNames.indices { for j in prevNames.indices { pm[afterTraining: i, domain: j] = matrix[afterTraining: i, domain: j] } }
+            bwtBefore = pm.backwardTransfer
+        }
+        if bwt < -0.05 { redLines.append(String(format: "backward transfer %.1f points is below -5", 100 * bwt)) }
+        var gap: Double? = nil
+        let bySize = manifest.domains.indices.sorted { manifest.domains[$0].trainExamples > manifest.domains[$1].trainExamples }
+        let half = bySize.count / 2
+        if half > 0 {
+            let head = bySize.prefix(half), tail = bySize.suffix(half)
+            if manifest.domains[head.last!].trainExamples > manifest.domains[tail.first!].trainExamples {
+                let mean = { (ix: ArraySlice<Int>) in ix.reduce(0.0) { $0 + row.routedF1[$1] } / Double(ix.count) }
+                gap = mean(head) - mean(tail)
+                if gap! > 0.05 { redLines.append(String(format: "head-vs-tail F1 gap %.1f points is above 5", 100 * gap!)) }
+            }
+        }
+        return StateDiff(fromVersion: fromVersion, toVersion: manifest.version + 1, domainAdded: row.domainAdded, domains: changes,
+                         backwardTransferBefore: bwtBefore, backwardTransfer: bwt,
+                         routerAccuracyBefore: previous?.routerAccuracy, routerAccuracy: row.routerAccuracy, headTailGap: gap,
+                         generalBufferItems: st.dual?.generalCount, bufferBytesUsed: st.dual?.bytesUsed ?? st.reservoir?.bytesUsed,
+                         byteBudget: manifest.byteBudget, redLines: redLines)
+    }
+
+    // MARK: - Saving
+
+    /// Everything needed to continue, as `StateDirectory.save` writes it.
+    public func snapshot() -> StateSnapshot {
+        let st = sequential
+        var mf = manifest
+        let store = st.model.store
+        mf.tensors = store.tensors
+        mf.modelOptimizerStep = st.model.optimizerStep
+        mf.modelRNG = st.model.rngState.state
+        mf.routerOptimizerStep = st.router?.step
+        mf.trainingRNG = st.rng.state
+        mf.bestValidationF1 = st.bestVal
+        var config = mf.config
+        var training = config.training ?? TrainingDefaults()
+        training.bufferBytes = mf.byteBudget
+        config.training = training
+        mf.config = config
+        let buffer: ReplayBufferSnapshot? = st.dual.map { .dualStream($0.state) } ?? st.reservoir.map { .reservoir($0.state) }
+        return StateSnapshot(manifest: mf, values: Array(store.values.buffer), moment1: Array(store.moment1.buffer),
+                             moment2: Array(store.moment2.buffer), buffer: buffer, metrics: metrics, domainExamples: domainExamples)
+    }
+
+    /// Saves a new version into `dir` and makes it current; returns its number.
+    @discardableResult
+    public func save(to dir: URL) throws -> Int {
+        precondition(!manifest.domains.isEmpty, "save: no domain onboarded yet")
+        let v = try StateDirectory.save(snapshot(), to: dir)
+        manifest.version = v
+        return v
+    }
+
+    // MARK: - Prediction
+
+    /// Routed predictions for texts: router → gate → head of the routed domain.
+    public func predict(_ texts: [String]) -> [Prediction] {
+        let st = sequential, m = st.model
+        let maxLength = (manifest.config.training ?? TrainingDefaults()).maxLength
+        let tok = encoder.tokenizer
+        let K = m.domains.count, V = m.classCount
+        var out: [Prediction] = []
+        for start in stride(from: 0, to: texts.count, by: 64) {
+            let part = Array(texts[start..<min(texts.count, start + 64)])
+            let seqs: [[Int32]] = part.map {
+                var t = tok.encode($0)
+                if t.count > maxLength { t = Array(t.prefix(maxLength - 1)) + [tok.sepId] }
+                return t
+            }
+            let B = seqs.count
+            var probs: [Float]? = nil
+            var gates = [Int32](repeating: Int32(K - 1), count: B)
+            if let router = st.router {
+                if K > 1 {
+                    let p = router.probabilities(m.routerFeatures(PackedBatch(seqs)), count: B)
+                    probs = p
+                    for b in 0..<B { gates[b] = Int32((0..<K).max { p[b * K + $0] < p[b * K + $1] }!) }
+                } else {
+                    probs = [Float](repeating: 1, count: B)
+                    gates = [Int32](repeating: 0, count: B)
+                }
+            }
+            let lg = m.logits(seqs, gateIds: gates)
+            for b in 0..<B {
+                let row = Array(lg[(b * V)..<((b + 1) * V)])
+                var k = Int(gates[b])
+                if st.router == nil {
+                    // no router: the argmax over every seen class decides the domain (as `evaluate`)
+                    let c = (0..<V).max { row[$0] < row[$1] }!
+                    k = m.domains.firstIndex { $0.classRange.contains(c) }!
+                }
+                let r = m.domains[k].classRange
+                let best = r.max { row[$0] < row[$1] }!
+                var z = 0.0
+                for c in r { z += exp(Double(row[c] - row[best])) }
+                var top: [Prediction.DomainProbability]? = nil
+                if let p = probs {
+                    top = (0..<K).sorted { p[b * K + $0] > p[b * K + $1] }.prefix(3)
+                        .map { Prediction.DomainProbability(domain: m.domains[$0].name, probability: Double(p[b * K + $0])) }
+                }
+                out.append(Prediction(text: part[b], domain: m.domains[k].name, intent: m.domains[k].intents[best - r.lowerBound],
+                                      confidence: 1 / z, router: top, gate: Int(gates[b])))
+            }
+        }
+        return out
+    }
+}
