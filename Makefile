@@ -56,12 +56,15 @@ bench: setup
 
 demo: setup
 	$(RELEASE) --product dualreplay
-	$(BIN)/dualreplay demo --model $(MODEL_DIR)
+	$(BIN)/dualreplay demo --model $(MODEL_DIR) --threads 2
 
 # Fuzzing (Sources/dr-fuzz): libFuzzer + AddressSanitizer on the safetensors reader, the JSONL loader
 # and the tokenizer, FUZZ_SECONDS each. Seeds and the corpus the fuzzer grows: build/fuzz-corpus/<target>;
 # crash inputs: build/fuzz-artifacts; logs: build/fuzz-logs. Replay one input:
 #   DR_FUZZ_TARGET=<target> .build-fuzz/release/dr-fuzz FILE
+# `--sanitize fuzzer` makes SwiftPM link libFuzzer's main instead of the target's; the combined
+# -Xswiftc flag comes last and wins, because swiftc keeps only the last -sanitize= and SwiftPM orders
+# several --sanitize at random (a run without coverage feedback is reported as a failure).
 # LSan ignores one leak: Foundation's Data(contentsOf:) drops its 4 KiB buffer for an empty file.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= safetensors jsonl tokenizer
@@ -70,7 +73,7 @@ FUZZ_ARGS    ?=
 FUZZ_BIN     := .build-fuzz/release/dr-fuzz
 
 fuzz: setup
-	swift build -c release --scratch-path .build-fuzz --product dr-fuzz --sanitize fuzzer --sanitize address -Xswiftc -DDR_LIBFUZZER
+	swift build -c release --scratch-path .build-fuzz --product dr-fuzz --sanitize fuzzer -Xswiftc -sanitize=fuzzer,address -Xswiftc -DDR_LIBFUZZER
 	@mkdir -p build/fuzz-corpus build/fuzz-artifacts build/fuzz-logs
 	@DR_FUZZ_WRITE_SEEDS=build/fuzz-corpus $(FUZZ_BIN)
 	@printf 'leak:readBytesFromFile\n' > build/fuzz-corpus/lsan.supp
@@ -85,9 +88,12 @@ fuzz: setup
 	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log | tail -n 1); \
 	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log | tail -n 1); \
 	  cov=$$(grep -o 'cov: [0-9]*' $$log | tail -n 1 | cut -d' ' -f2); \
-	  corpus=$$(ls build/fuzz-corpus/$$t | wc -l); \
-	  if [ $$rc -eq 0 ]; then \
-	    echo "fuzz $$t: $${runs:-?} inputs ($${rate:-?}/s), coverage $${cov:-?}, corpus $$corpus files: no crash"; \
+	  corpus=$$(ls build/fuzz-corpus/$$t 2>/dev/null | wc -l); \
+	  if [ $$rc -eq 0 ] && [ -z "$$cov" ]; then \
+	    echo "fuzz $$t: FAILED: $${runs:-?} inputs but no coverage feedback (is the build instrumented?)"; \
+	    failed="$$failed $$t"; \
+	  elif [ $$rc -eq 0 ]; then \
+	    echo "fuzz $$t: $${runs:-?} inputs ($${rate:-?}/s), coverage $$cov, corpus $$corpus files: no crash"; \
 	  else \
 	    artifact=$$(sed -n 's/.*Test unit written to //p' $$log | tail -n 1); \
 	    echo "fuzz $$t: FAILED (exit $$rc) after $${runs:-?} inputs: $${artifact:-see $$log}"; \

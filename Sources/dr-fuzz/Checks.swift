@@ -59,7 +59,7 @@ struct ScratchFile {
         defer { close(fd) }
         var offset = 0
         while offset < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            let n = posixWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { fatalError("dr-fuzz: cannot write \(path): \(String(cString: strerror(errno)))") }
             offset += n
@@ -76,6 +76,12 @@ struct ScratchFile {
         registry.add(path)
     }
 }
+
+#if canImport(Glibc)
+private let posixWrite = Glibc.write
+#else
+private let posixWrite = Darwin.write
+#endif
 
 /// Paths to unlink at exit (a crash leaves them, next to the artifact that explains them).
 private final class ScratchRegistry: @unchecked Sendable {
@@ -408,25 +414,25 @@ func checkTokenizer(_ input: UnsafeRawBufferPointer) {
     let target = FuzzTarget.tokenizer
     let text = String(decoding: input, as: UTF8.self)
     let t = fuzzTokenizers
+    var encodings: [[Int32]] = []
     for tokenizer in [t.full, t.short, t.cased] {
         let ids = tokenizer.encode(text)
+        let settings = "maxLength \(tokenizer.maxLength), lowercase \(tokenizer.lowercase)"
         guard ids.count >= 2, ids.count <= tokenizer.maxLength, ids.first == tokenizer.clsId, ids.last == tokenizer.sepId else {
-            violated(target, "encode (maxLength \(tokenizer.maxLength), lowercase \(tokenizer.lowercase)) returned \(ids)")
+            violated(target, "encode (\(settings)) returned \(ids)")
         }
         if let bad = ids.first(where: { $0 < 0 || Int($0) >= tokenizer.idToToken.count }) { violated(target, "id \(bad) outside the vocabulary") }
+        encodings.append(ids)
+        if tokenizer.maxLength < t.full.maxLength { continue }   // its pieces are the full tokenizer's
 
-        let pieces = tokenizer.tokenize(text)
-        let pieceIds = pieces.map { piece -> Int32 in
+        let pieceIds = tokenizer.tokenize(text).map { piece -> Int32 in
             guard let id = tokenizer.vocab[piece] else { violated(target, "piece \(piece.debugDescription) is not in the vocabulary") }
             return id
         }
         let expected = [tokenizer.clsId] + pieceIds.prefix(tokenizer.maxLength - 2) + [tokenizer.sepId]
-        guard ids == expected else {
-            violated(target, "encode (maxLength \(tokenizer.maxLength), lowercase \(tokenizer.lowercase)) = \(ids), "
-                + "but tokenize gives \(expected) after truncation")
-        }
+        guard ids == expected else { violated(target, "encode (\(settings)) = \(ids), but tokenize gives \(expected) after truncation") }
     }
-    let full = t.full.encode(text), short = t.short.encode(text)
+    let (full, short) = (encodings[0], encodings[1])
     guard Array(short.dropLast()) == Array(full.dropLast().prefix(short.count - 1)) else {
         violated(target, "truncated encoding \(short) is not a prefix of \(full)")
     }
