@@ -533,6 +533,13 @@ public final class ContinualModel {
         return Array(logitsBuf[0..<(batch.count * classCount)])
     }
 
+    /// Logits (B,V) of a batch whose hidden[fromLayer] is already in the workspace (left there by
+    /// `routerFeatures` on the same batch).
+    public func continueLogits(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int) -> [Float] {
+        forward(batch, gateIds: gateIds, fromLayer: fromLayer)
+        return Array(logitsBuf[0..<(batch.count * classCount)])
+    }
+
     /// Pooled outputs (B,C) for sequences with given gates.
     public func pooled(_ sequences: [[Int32]], gateIds: [Int32]) -> [Float] {
         let batch = PackedBatch(sequences)

@@ -385,15 +385,13 @@ public final class ExperimentRunner {
             let t0 = DispatchTime.now().uptimeNanoseconds
             var t = encoder.tokenizer.encode(text)
             if t.count > training.maxLength { t = Array(t.prefix(training.maxLength - 1)) + [encoder.tokenizer.sepId] }
-            let gate: Int32
             if let router {
-                // uncached: a live request computes its router features
-                let f = m.routerFeatures(PackedBatch([t]))
-                let p = router.probabilities(f, count: 1)
-                gate = Int32(p.indices.max { p[$0] < p[$1] }!)
-            } else { gate = Int32(m.domains.count - 1) }
-            let lg = m.logits([t], gateIds: [gate])
-            precondition(!lg.isEmpty)
+                let (_, lg) = router.routeAndScore([t])
+                precondition(!lg.isEmpty)
+            } else {
+                let lg = m.logits([t], gateIds: [Int32(m.domains.count - 1)])
+                precondition(!lg.isEmpty)
+            }
             let t1 = DispatchTime.now().uptimeNanoseconds
             if i >= 10 { times.append(Double(t1 - t0) / 1e6) }
         }

@@ -134,6 +134,22 @@ public final class DomainRouter {
         }
     }
 
+    /// What a live request costs: router features (uncached), the routed gate, then the gated
+    /// pass continuing from the shared frozen prefix (`ContinualModel.resumeLayer`), so routing
+    /// adds only the frozen layers between the prefix and `routerLayer`. Returns per sequence the
+    /// routed domain and logits over all seen classes (B,V).
+    public func routeAndScore(_ sequences: [[Int32]]) -> (domains: [Int32], logits: [Float]) {
+        let batch = PackedBatch(sequences)
+        let K = domainCount
+        var gates = [Int32](repeating: 0, count: batch.count)
+        if K > 1 {
+            let feats = model.routerFeatures(batch)
+            let p = probabilities(feats, count: batch.count)
+            for b in 0..<batch.count { gates[b] = Int32((0..<K).max { p[b * K + $0] < p[b * K + $1] }!) }
+        }
+        return (gates, model.continueLogits(batch, gateIds: gates, fromLayer: K > 1 ? model.resumeLayer : 0))
+    }
+
     /// Drops cached features (e.g. when the base model changes — it never does for adapters).
     public func clearCache() { featureCache.removeAll() }
 }
