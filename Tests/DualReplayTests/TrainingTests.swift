@@ -180,13 +180,13 @@ import Testing
 
     /// The live routed path (router features, then the gated pass continuing from the shared
     /// frozen prefix) gives exactly the logits of a full gated pass with the same gates.
-    @Test(arguments: [nil, 2] as [Int?])
+    @Test(arguments: [nil, 1, 2] as [Int?])
     func routedPassSharesThePrefixExactly(routerLayer: Int?) throws {
         let m = Self.model { $0.adapter = true; $0.adapterLayers = [1]; $0.routerLayer = routerLayer }
         let router = DomainRouter(model: m)
         let seqs: [[Int32]] = [[1, 5, 7, 2], [1, 9, 2], [1, 6, 6, 8, 2]]
         let (domains, logits) = router.routeAndScore(seqs)
-        #expect(m.routerLayer == (routerLayer ?? 1) && m.resumeLayer == 1)
+        #expect(m.routerLayer == (routerLayer ?? 2) && m.resumeLayer == 1)
         let full = m.logits(seqs, gateIds: domains)
         #expect(logits == full)
         #expect(router.route(seqs) == domains)

@@ -29,9 +29,9 @@ public struct ModelSpec: Codable, Equatable, Sendable {
     public var loraPerDomain: Bool = false
     /// Train every base weight (sequential full fine-tune baseline).
     public var fullFineTune: Bool = false
-    /// Domain router: MLP hidden size and the layer whose mean-pooled hidden state it reads.
-    /// nil = the first adapter layer (shares the frozen prefix: no extra cost); a larger value
-    /// runs the frozen layers up to it once more.
+    /// Domain router: MLP hidden size and the layer whose mean-pooled frozen hidden state it
+    /// reads. nil = the last layer (see `ContinualModel.routerLayer`); a layer at or below the
+    /// first adapter layer shares the frozen prefix and costs nothing extra.
     public var routerHidden: Int = 256
     public var routerLayer: Int? = nil
     public var routerDropout: Float = 0.1
@@ -172,10 +172,13 @@ public final class ContinualModel {
     /// The model's private generator (initialisation of new tensors; checkpointed).
     public var rngState: SplitMix64
 
+    /// The layer whose frozen, mean-pooled hidden state the router reads. Default: the last
+    /// layer (the frozen sentence embedding: on CLINC150 validation it routed 8-10 points more
+    /// accurately than the embedding layer). Routing then costs the frozen layers above the
+    /// gate-free prefix once more; a value <= `gateFreePrefix` makes routing free.
     public var routerLayer: Int {
         if let l = spec.routerLayer { return min(max(0, l), config.layers) }
-        if spec.placement == .output, let first = adapterLayers.first { return first }
-        return adapterLayers.first ?? config.layers
+        return config.layers
     }
     /// The lowest layer whose output depends on trainable weights (everything below is a
     /// frozen prefix, shared by routing and cacheable).
