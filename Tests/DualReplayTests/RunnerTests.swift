@@ -33,7 +33,8 @@ import Testing
     /// domains collapse (a large negative BWT). One reservoir buffer must measurably prevent it.
     @Test func replayMeasurablyReducesForgetting() throws {
         let enc = try Self.encoder()
-        let cfg = Self.smallConfig([MethodConfig(kind: .lora), MethodConfig(kind: .loraReplay)])
+        var cfg = Self.smallConfig([MethodConfig(kind: .lora), MethodConfig(kind: .loraReplay)])
+        cfg.references = [MethodConfig(kind: .joint), MethodConfig(kind: .single)]
         try cfg.validate()
         let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
         let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test")
@@ -53,6 +54,11 @@ import Testing
         let back = try JSONDecoder().decode(ExperimentResults.self, from: json)
         #expect(back.schema == "dualreplay.results/1" && back.experimentProtocol.hash.count == 16)
         #expect(ResultsReport.markdown(results).contains("| lora-replay |"))
+        // the references: joint's per-domain F1 and single's, then FWT and intransigence exist
+        #expect(results.jointF1?.count == scenario.count && results.singleF1?.count == scenario.count)
+        #expect(replay.routed.forwardTransfer != nil && replay.routed.intransigence != nil)
+        let joint = results.runs.first { $0.kind == .joint }!
+        #expect(joint.oracle.averageF1 > 0.5, "joint oracle F1 \(joint.oracle.averageF1)")
     }
 
     /// Dual-Replay's pieces run together: gates, dual buffer (domain + general stream with its

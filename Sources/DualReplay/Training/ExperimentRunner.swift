@@ -150,7 +150,7 @@ public final class ExperimentRunner {
                 if s.kind == .joint {
                     let r = try runJoint(s, order: order, seed: seed)
                     runs.append(r)
-                    for (j, name) in r.domains.enumerated() { jointF1[name, default: []].append(r.oracle.f1[0][j]) }
+                    for (j, name) in r.domains.enumerated() { jointF1[name, default: []].append(r.oracle.f1[r.domains.count - 1][j]) }
                 } else {
                     let r = try runSingle(s, order: order, seed: seed)
                     for (name, f) in r { singleF1[name, default: []].append(f) }
@@ -594,12 +594,14 @@ public final class ExperimentRunner {
             router.train(ex, config: training.routerTraining, optimizer: training.optimizer, rng: &rng)
         }
         let trainTime = Date().timeIntervalSince(t0)
-        var routed = EvalMatrix(domains: order.domainNames, f1: [[Double](repeating: .nan, count: order.count)])
+        // one evaluation after training on everything: the last row of a T×T matrix
+        var routed = EvalMatrix(domains: order.domainNames)
         var oracle = routed, racc = routed, oacc = routed
+        let last = order.count - 1
         let t1 = Date()
         for j in order.domains.indices {
             let e = evaluate(m, router: router, domain: j, examples: split(order.domains[j], evalSplit))
-            routed.f1[0][j] = e.routedF1; oracle.f1[0][j] = e.oracleF1; racc.f1[0][j] = e.routedAcc; oacc.f1[0][j] = e.oracleAcc
+            routed.f1[last][j] = e.routedF1; oracle.f1[last][j] = e.oracleF1; racc.f1[last][j] = e.routedAcc; oacc.f1[last][j] = e.oracleAcc
         }
         return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
                          routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: nil, validationF1: [], ledger: nil, bufferBytesUsed: nil,
