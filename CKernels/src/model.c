@@ -51,6 +51,14 @@ size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext
     return (size_t)dr_adapter_scratch_size(N, ext->R, B) + (size_t)(N * cfg->hidden);
 }
 
+// out (N,OC) = resid + inp (N,K) · Wᵀ + b: a linear layer fused with its residual add.
+static void linear_residual(float *out, const float *resid, const float *inp, const float *W,
+                            const float *b, int64_t N, int64_t K, int64_t OC) {
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < OC; c++) out[i * OC + c] = resid[i * OC + c] + b[c];
+    dr_sgemm(0, 1, N, OC, K, 1.0f, inp, K, W, K, 1.0f, out, OC);
+}
+
 static void adapter_fwd(float *out, const dr_ext_acts *xa, float *scratch, const float *inp,
                         const dr_bert_ext *ext, int64_t s, const int64_t *cu, int64_t B,
                         int64_t N, int64_t C) {
@@ -100,13 +108,7 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
             }
         }
         dr_attention_forward(atty, a->probs + l * PS, qkv, cu_seqlens, B, C, NH);
-        memcpy(res1, x, N * C * sizeof(float));
-        {
-            const float *bo = p->ao_b + l * C;
-            for (int64_t i = 0; i < N; i++)
-                for (int64_t c = 0; c < C; c++) res1[i * C + c] += bo[c];
-            dr_sgemm(0, 1, N, C, C, 1.0f, atty, C, p->ao_w + l * C * C, C, 1.0f, res1, C);
-        }
+        linear_residual(res1, x, atty, p->ao_w + l * C * C, p->ao_b + l * C, N, C, C);
         dr_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, res1,
                              p->ln1_w + l * C, p->ln1_b + l * C, N, C, eps);
         dr_matmul_forward(fch, ln1, p->fc_w + l * I * C, p->fc_b + l * I, N, C, I);
@@ -117,11 +119,7 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
             adapter_fwd(tmp, xa, ad_scratch, fo, ext, s, cu_seqlens, B, N, C);
             dr_residual_forward(res2, tmp, ln1, N * C);
         } else {
-            memcpy(res2, ln1, N * C * sizeof(float));
-            const float *bp = p->proj_b + l * C;
-            for (int64_t i = 0; i < N; i++)
-                for (int64_t c = 0; c < C; c++) res2[i * C + c] += bp[c];
-            dr_sgemm(0, 1, N, C, I, 1.0f, fchg, I, p->proj_w + l * C * I, I, 1.0f, res2, C);
+            linear_residual(res2, ln1, fchg, p->proj_w + l * C * I, p->proj_b + l * C, N, I, C);
         }
         dr_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                              p->ln2_w + l * C, p->ln2_b + l * C, N, C, eps);
