@@ -138,18 +138,14 @@ public struct StateManifest: Codable, Equatable, Sendable {
 // MARK: - Loading and saving
 
 /// The contents of one version, checked: what `ContinualState.restore` rebuilds a model from.
+/// Its fields are those of the `StateSnapshot` that `save` wrote (`loaded.manifest`, ...).
+@dynamicMemberLookup
 public struct LoadedState {
     public var directory: URL
     public var versionDirectory: URL
-    public var manifest: StateManifest
-    /// The parameter store's arrays in its layout (`manifest.tensors` offsets).
-    public var values: [Float]
-    public var moment1: [Float]
-    public var moment2: [Float]
-    public var buffer: ReplayBufferSnapshot?
-    public var metrics: [MetricsRow]
-    /// Val and test rows of each domain, indexed like `manifest.domains`.
-    public var domainExamples: [[IntentExample]]
+    public var snapshot: StateSnapshot
+
+    public subscript<T>(dynamicMember field: KeyPath<StateSnapshot, T>) -> T { snapshot[keyPath: field] }
 }
 
 /// What `StateDirectory.save` writes (the manifest's `version`, `files` and checksum are filled in).
@@ -432,8 +428,9 @@ public enum StateDirectory {
             }
             domainExamples.append(rows)
         }
-        return LoadedState(directory: dir, versionDirectory: vdir, manifest: manifest, values: values, moment1: m1, moment2: m2,
-                           buffer: buffer, metrics: metrics, domainExamples: domainExamples)
+        return LoadedState(directory: dir, versionDirectory: vdir,
+                           snapshot: StateSnapshot(manifest: manifest, values: values, moment1: m1, moment2: m2,
+                                                   buffer: buffer, metrics: metrics, domainExamples: domainExamples))
     }
 
     static func readManifest(_ url: URL) throws -> StateManifest {

@@ -510,17 +510,19 @@ public final class ContinualModel {
                 }
             }
         }
-        // O-LoRA: the newest set's A matrices orthogonal to all earlier ones
+        // O-LoRA: the newest set's A matrices orthogonal to all earlier ones. Σ|A_old·A_newᵀ| is
+        // separable over the earlier sets' rows, so each frozen set is read in place (no stacking).
         if spec.loraPerDomain && loraSets > 1 && weights.orthogonality > 0 {
             let k = loraSets - 1, r = spec.loraRank
+            var scratch = [Float](repeating: 0, count: Int(dr_olora_scratch_size(Int64(r), Int64(r))))
             for l in 0..<config.layers {
                 for part in ["q", "v"] {
-                    var old = [Float]()
-                    for j in 0..<k { old += store.array("lora.\(j).\(l).\(part).A") }
-                    var scratch = [Float](repeating: 0, count: Int(dr_olora_scratch_size(Int64(k * r), Int64(r))))
-                    parts.orthogonality += dr_olora_penalty_forward_backward(
-                        store.grad("lora.\(k).\(l).\(part).A"), &scratch, old, store.value("lora.\(k).\(l).\(part).A"),
-                        weights.orthogonality, Int64(k * r), Int64(r), Int64(C))
+                    let newA = store.value("lora.\(k).\(l).\(part).A"), dNewA = store.grad("lora.\(k).\(l).\(part).A")
+                    for j in 0..<k {
+                        parts.orthogonality += dr_olora_penalty_forward_backward(
+                            dNewA, &scratch, store.value("lora.\(j).\(l).\(part).A"), newA,
+                            weights.orthogonality, Int64(r), Int64(r), Int64(C))
+                    }
                 }
             }
         }

@@ -262,7 +262,6 @@ public final class ExperimentRunner {
         let currentDomain = m.domains.count - 1
         for epoch in 0..<s.epochs {
             order.shuffle(using: &rng)
-            var epochLoss = 0.0
             for start in stride(from: 0, to: order.count, by: newPerBatch) {
                 var tb = TrainingBatch()
                 for i in order[start..<min(order.count, start + newPerBatch)] {
@@ -286,7 +285,6 @@ public final class ExperimentRunner {
                 guard parts.gradNorm.isFinite else {
                     throw TrainingError.nonFinite(what: "gradient norm", step: m.optimizerStep, domain: m.domains[currentDomain].name)
                 }
-                epochLoss += parts.total
                 step += 1
                 seen += tb.count
                 if step % 50 == 0 || step == total {
@@ -296,7 +294,6 @@ public final class ExperimentRunner {
                     progress("  \(label) epoch \(epoch + 1)/\(s.epochs) step \(step)/\(total) loss \(String(format: "%.4f", parts.total)) \(String(format: "%.0f", rate)) ex/s ETA \(String(format: "%.0f", eta))s")
                 }
             }
-            _ = epochLoss
         }
         return seen
     }
