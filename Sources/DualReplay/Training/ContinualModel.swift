@@ -408,11 +408,14 @@ public final class ContinualModel {
     private var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
 
     /// Forward, losses, backward and one AdamW update of the trainable segments.
-    public func trainStep(_ tb: TrainingBatch, weights: LossWeights, optimizer: AdamWStep, lr: Float) throws -> LossParts {
+    /// `beforeUpdate` may reshape the gradients (e.g. protect bottleneck channels of earlier domains).
+    public func trainStep(_ tb: TrainingBatch, weights: LossWeights, optimizer: AdamWStep, lr: Float,
+                          beforeUpdate: () -> Void = {}) throws -> LossParts {
         var parts = try computeGradients(tb, weights: weights)
         guard parts.total.isFinite else {
             throw TrainingError.nonFinite(what: "loss", step: optimizerStep + 1, domain: domains.last?.name ?? "?")
         }
+        beforeUpdate()
         optimizerStep += 1
         parts.gradNorm = optimizer.apply(store, segments: store.trainableSegments { $0.group != "router" }, lr: lr, t: optimizerStep)
         guard parts.gradNorm.isFinite else {

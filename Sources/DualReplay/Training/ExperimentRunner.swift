@@ -274,16 +274,8 @@ public final class ExperimentRunner {
                     // targets keep their own domain's range through `logitRanges`)
                     tb.scopeToAllSeen(classCount: m.classCount)
                 }
-                var parts = try m.computeGradients(tb, weights: s.loss)
-                guard parts.total.isFinite else {
-                    throw TrainingError.nonFinite(what: "loss", step: m.optimizerStep + 1, domain: m.domains[currentDomain].name)
-                }
-                protectChannels(m, s, current: currentDomain)
-                m.optimizerStep += 1
-                parts.gradNorm = adam.apply(m.store, segments: m.store.trainableSegments { $0.group != "router" },
-                                            lr: opt.learningRate(step: step, total: total), t: m.optimizerStep)
-                guard parts.gradNorm.isFinite else {
-                    throw TrainingError.nonFinite(what: "gradient norm", step: m.optimizerStep, domain: m.domains[currentDomain].name)
+                let parts = try m.trainStep(tb, weights: s.loss, optimizer: adam, lr: opt.learningRate(step: step, total: total)) {
+                    protectChannels(m, s, current: currentDomain)
                 }
                 step += 1
                 seen += tb.count
