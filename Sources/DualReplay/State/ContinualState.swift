@@ -192,9 +192,39 @@ public final class ContinualState {
 
     // MARK: - Onboarding
 
+    /// Checkpointing of one onboarding (see `OnboardingCheckpoint`): written to `url` every `every`
+    /// steps (0: only when `shouldStop` asks to stop); `resume` continues an interrupted one.
+    public struct CheckpointPlan {
+        public var url: URL
+        public var every: Int
+        public var resume: OnboardingCheckpoint?
+        public var shouldStop: () -> Bool
+        public var afterStep: ((Int) -> Void)?
+
+        public init(url: URL, every: Int, resume: OnboardingCheckpoint? = nil, shouldStop: @escaping () -> Bool = { false },
+                    afterStep: ((Int) -> Void)? = nil) {
+            self.url = url
+            self.every = every
+            self.resume = resume
+            self.shouldStop = shouldStop
+            self.afterStep = afterStep
+        }
+    }
+
+    /// Checksum of what decides training: method settings, seed and byte budget.
+    var configChecksum: String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var h = FNV64()
+        h.add((try? enc.encode(manifest.settings)) ?? Data())
+        h.add(Data("seed \(manifest.seed) budget \(manifest.byteBudget)".utf8))
+        return h.hex
+    }
+
     /// Trains `domain` with replay as `runSequential` does, re-evaluates every known domain on
-    /// its test split and returns the diff against the previous version. Nothing is saved here.
-    public func onboard(_ domain: DomainData, source: String = "(domain)") throws -> StateDiff {
+    /// its test split and returns the diff against the previous version. Nothing is saved here
+    /// (but a checkpoint, with `checkpoint`). After an error, reopen the state before going on.
+    public func onboard(_ domain: DomainData, source: String = "(domain)", checkpoint plan: CheckpointPlan? = nil) throws -> StateDiff {
         guard !manifest.domains.contains(where: { $0.name == domain.name }) else {
             throw StateError.domainExists(name: domain.name, file: source)
         }
@@ -209,6 +239,33 @@ public final class ContinualState {
         if first {
             manifest.byteBudget = runner.byteBudget
             st = try runner.makeSequentialState(settings, seed: manifest.seed)
+        }
+        if let plan {
+            let sum = OnboardingCheckpoint.domainChecksum(domain)
+            let base = manifest.version, model = manifest.baseModel.fingerprint, config = configChecksum
+            if let r = plan.resume {
+                let file = plan.url.path
+                guard r.domain == domain.name else {
+                    throw CheckpointError.doesNotMatch(file: file, reason: "it continues domain \"\(r.domain)\", not \"\(domain.name)\"")
+                }
+                guard r.domainChecksum == sum else {
+                    throw CheckpointError.doesNotMatch(file: file, reason: "the rows of domain \"\(domain.name)\" changed since it was written (\(source))")
+                }
+                guard r.baseVersion == base else {
+                    throw CheckpointError.doesNotMatch(file: file, reason: "it was written on top of version \(r.baseVersion), the state is at version \(base)")
+                }
+                guard r.baseModel == model, r.configChecksum == config else {
+                    throw CheckpointError.doesNotMatch(file: file, reason: "it was written with another base model or method configuration")
+                }
+                runner.pendingResume = r.phase
+            }
+            runner.checkpointEvery = plan.every
+            runner.onCheckpoint = { phase in
+                try OnboardingCheckpoint(domain: domain.name, domainChecksum: sum, baseVersion: base, baseModel: model,
+                                         configChecksum: config, phase: phase).write(to: plan.url)
+            }
+            runner.shouldStop = plan.shouldStop
+            runner.afterStep = plan.afterStep
         }
         let seen = runner.scenario.domains
         let k = seen.count - 1

@@ -71,10 +71,51 @@ public struct ExperimentResults: Codable, Sendable {
     }
 }
 
-public enum RunnerError: LocalizedError {
+public enum RunnerError: LocalizedError, Equatable {
     case data(String)
+    /// A stop was requested (Ctrl-C); a checkpoint of this step was written when checkpointing is on.
+    case interrupted(domain: String, step: Int, total: Int)
+    /// A checkpoint does not fit the training it should continue.
+    case checkpointMismatch(String)
     public var errorDescription: String? {
-        switch self { case .data(let s): return s }
+        switch self {
+        case .data(let s): return s
+        case let .interrupted(d, s, t): return "interrupted while training domain \"\(d)\" at step \(s)/\(t)"
+        case .checkpointMismatch(let s): return s
+        }
+    }
+}
+
+/// Where a training phase (one domain's epochs) stands after a step: with the parameter store's
+/// three arrays, enough to continue it bit for bit (`ExperimentRunner.pendingResume`).
+public struct PhaseProgress: Codable, Equatable, Sendable {
+    /// 0-based epoch of the next batch, and the index into `order` of its first new example.
+    public var epoch: Int
+    public var next: Int
+    /// Steps done and examples (new + replay) seen in this phase; steps in the whole phase.
+    public var step: Int
+    public var seen: Int
+    public var total: Int
+    /// This epoch's example order.
+    public var order: [Int]
+    /// The training generator, the model's optimizer step counter and its generator.
+    public var rng: UInt64
+    public var modelOptimizerStep: Int
+    public var modelRNG: UInt64
+}
+
+/// A phase checkpoint: progress and the parameter store (values, both AdamW moments).
+public struct PhaseCheckpoint: Sendable {
+    public var progress: PhaseProgress
+    public var values: [Float]
+    public var moment1: [Float]
+    public var moment2: [Float]
+
+    public init(progress: PhaseProgress, values: [Float], moment1: [Float], moment2: [Float]) {
+        self.progress = progress
+        self.values = values
+        self.moment1 = moment1
+        self.moment2 = moment2
     }
 }
 
@@ -87,6 +128,16 @@ public final class ExperimentRunner {
     public let generalTexts: [String]
     public let codeVersion: String
     public var progress: (String) -> Void = { _ in }
+
+    // Checkpointing inside a domain (see `PhaseCheckpoint`): `onCheckpoint` gets a checkpoint every
+    // `checkpointEvery` steps (0: never) and when a stop is requested; `shouldStop` is polled after
+    // every step (Ctrl-C); `afterStep` sees the phase's step count (crash tests). `pendingResume`
+    // is consumed by the next training phase, which continues from it instead of starting over.
+    public var checkpointEvery = 0
+    public var onCheckpoint: ((PhaseCheckpoint) throws -> Void)?
+    public var shouldStop: () -> Bool = { false }
+    public var afterStep: ((Int) -> Void)?
+    public var pendingResume: PhaseCheckpoint?
 
     let training: TrainingDefaults
     private var idsCache: [String: [Int32]] = [:]
@@ -257,12 +308,41 @@ public final class ExperimentRunner {
         opt.learningRate = s.learningRate
         let adam = AdamWStep(config: opt)
         var order = Array(examples.indices)
-        var step = 0, seen = 0
-        let t0 = Date()
+        var step = 0, seen = 0, firstEpoch = 0, firstNext = 0
         let currentDomain = m.domains.count - 1
-        for epoch in 0..<s.epochs {
-            order.shuffle(using: &rng)
-            for start in stride(from: 0, to: order.count, by: newPerBatch) {
+        let domainName = m.domains.last?.name ?? "?"
+        if let r = pendingResume {
+            pendingResume = nil
+            let p = r.progress
+            guard r.values.count == m.store.count, r.moment1.count == m.store.count, r.moment2.count == m.store.count else {
+                throw RunnerError.checkpointMismatch("the checkpoint holds \(r.values.count) parameters, the model \(m.store.count)")
+            }
+            guard p.total == total, p.order.count == examples.count, Set(p.order).count == examples.count,
+                  p.order.allSatisfy({ examples.indices.contains($0) }), p.step <= total, (0..<s.epochs).contains(p.epoch) || p.step == total else {
+                throw RunnerError.checkpointMismatch("the checkpoint is of a phase of \(p.total) steps over \(p.order.count) examples, this one has \(total) over \(examples.count)")
+            }
+            m.store.load(values: r.values, moment1: r.moment1, moment2: r.moment2)
+            m.optimizerStep = p.modelOptimizerStep
+            m.rngState = SplitMix64(seed: p.modelRNG)
+            rng = SplitMix64(seed: p.rng)
+            order = p.order
+            step = p.step; seen = p.seen; firstEpoch = p.epoch; firstNext = p.next
+            progress("  \(label) resumed at step \(step)/\(total) (epoch \(firstEpoch + 1))")
+        }
+        func checkpoint(epoch: Int, next: Int) throws {
+            guard let onCheckpoint else { return }
+            let p = PhaseProgress(epoch: epoch, next: next, step: step, seen: seen, total: total, order: order, rng: rng.state,
+                                  modelOptimizerStep: m.optimizerStep, modelRNG: m.rngState.state)
+            try onCheckpoint(PhaseCheckpoint(progress: p, values: Array(m.store.values.buffer), moment1: Array(m.store.moment1.buffer),
+                                             moment2: Array(m.store.moment2.buffer)))
+        }
+        let t0 = Date()
+        var seenHere = 0, stepsHere = 0
+        for epoch in firstEpoch..<s.epochs {
+            // a resumed epoch that had begun keeps its order; every other epoch shuffles first
+            if !(epoch == firstEpoch && firstNext > 0) { order.shuffle(using: &rng) }
+            var start = epoch == firstEpoch ? firstNext : 0
+            while start < order.count {
                 var tb = TrainingBatch()
                 for i in order[start..<min(order.count, start + newPerBatch)] {
                     let e = examples[i]
@@ -279,10 +359,22 @@ public final class ExperimentRunner {
                 }
                 step += 1
                 seen += tb.count
+                seenHere += tb.count
+                stepsHere += 1
+                start += newPerBatch
+                // a checkpoint names the next batch: the rest of this epoch, or the next epoch
+                // (whose shuffle has not happened yet)
+                let (ce, cn) = start < order.count ? (epoch, start) : (epoch + 1, 0)
+                let stop = shouldStop()
+                if stop || (checkpointEvery > 0 && step % checkpointEvery == 0 && step < total) {
+                    try checkpoint(epoch: ce, next: cn)
+                }
+                afterStep?(step)
+                if stop { throw RunnerError.interrupted(domain: domainName, step: step, total: total) }
                 if step % 50 == 0 || step == total {
                     let el = Date().timeIntervalSince(t0)
-                    let rate = Double(seen) / max(el, 1e-9)
-                    let eta = Double(total - step) * el / Double(step)
+                    let rate = Double(seenHere) / max(el, 1e-9)
+                    let eta = Double(total - step) * el / Double(max(stepsHere, 1))
                     progress("  \(label) epoch \(epoch + 1)/\(s.epochs) step \(step)/\(total) loss \(String(format: "%.4f", parts.total)) \(String(format: "%.0f", rate)) ex/s ETA \(String(format: "%.0f", eta))s")
                 }
             }

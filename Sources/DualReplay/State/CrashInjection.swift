@@ -1,0 +1,45 @@
+// Crash injection for the resume-after-kill tests: the CLI reads `DR_CRASH_AT` and the process
+// kills itself with SIGKILL (no cleanup, no buffered writes flushed) at a chosen moment:
+//   step:N     right after the N-th training step this process runs (after that step's checkpoint)
+//   interrupt:N  sends itself SIGINT (Ctrl-C) after the N-th step instead: the clean-stop path
+//   rename:S   just before the rename that publishes a finished temporary file or version
+//              directory whose path contains S (e.g. `rename:checkpoint`, `rename:versions`)
+// Unset, nothing changes. Never set it in production.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+public enum CrashInjection {
+    public static let environmentVariable = "DR_CRASH_AT"
+
+    /// Installs the rename hook if `spec` asks for one; returns the per-step hook (nil if none).
+    public static func install(_ spec: String?) -> ((Int) -> Void)? {
+        guard let spec, let colon = spec.firstIndex(of: ":") else { return nil }
+        let kind = spec[..<colon], arg = String(spec[spec.index(after: colon)...])
+        switch kind {
+        case "step":
+            guard let n = Int(arg), n > 0 else { return nil }
+            var steps = 0
+            return { _ in
+                steps += 1
+                if steps == n { kill(getpid(), SIGKILL) }
+            }
+        case "interrupt":
+            guard let n = Int(arg), n > 0 else { return nil }
+            var steps = 0
+            return { _ in
+                steps += 1
+                if steps == n { kill(getpid(), SIGINT) }
+            }
+        case "rename":
+            AtomicFile.faultInjection = { op in
+                if op.hasPrefix("rename "), op.contains(arg) { kill(getpid(), SIGKILL) }
+                return nil
+            }
+            return nil
+        default:
+            return nil
+        }
+    }
+}
