@@ -1,0 +1,351 @@
+// Two continual-learning diagnostics, as pure functions over numbers the runner already has:
+//  - a linear probe that tells true forgetting from alignment drift ("spurious forgetting"), and
+//  - multi-intent fragility: how much worse a domain does on utterances that carry 2-3 intents.
+import CKernels
+import Foundation
+
+// MARK: - Linear probe
+
+/// Settings of `LinearProbe`. The defaults suit mean-pooled sentence embeddings (384-d MiniLM,
+/// ~1500 rows, ~20 classes, a few tenths of a second in release): on standardised features, 100
+/// epochs of Adam at 0.01 fit the training rows well, and the finite budget together with the L2
+/// keeps a 384-d probe on ~100 rows per class from chasing noise (l2 1e-3 is about scikit-learn's
+/// C = 1 at 1000 rows).
+public struct LinearProbeConfig: Codable, Equatable, Sendable {
+    /// Passes over the training rows.
+    public var epochs: Int
+    /// Adam step size (β1 0.9, β2 0.999, ε 1e-8).
+    public var learningRate: Float
+    /// L2 penalty on the weights (not the biases): the loss is mean cross-entropy + l2/2·‖W‖².
+    public var l2: Float
+    /// Rows per Adam step; the rows are shuffled each epoch.
+    public var batchSize: Int
+    /// Seeds the shuffle (weights start at zero), so the same inputs and seed give the same probe.
+    public var seed: UInt64
+
+    public init(epochs: Int = 100, learningRate: Float = 0.01, l2: Float = 1e-3, batchSize: Int = 256, seed: UInt64 = 0) {
+        self.epochs = epochs
+        self.learningRate = learningRate
+        self.l2 = l2
+        self.batchSize = batchSize
+        self.seed = seed
+    }
+}
+
+/// A softmax-regression probe fitted afresh on frozen features.
+///
+/// Features are standardised with the training rows' per-dimension mean and standard deviation
+/// (dimensions constant on the training rows are dropped), then logits = W·x + b with W (classes, dim)
+/// are fitted by mini-batch Adam on mean cross-entropy + l2/2·‖W‖², from W = 0, b = 0. Everything is
+/// deterministic given the inputs and `LinearProbeConfig.seed`.
+///
+/// Why: an old domain's head F1 can fall because the encoder lost the knowledge or only because
+/// its features moved away from what the frozen head expects. A probe trained on the *current*
+/// features of the domain's training rows and scored on its test rows measures what is still
+/// linearly decodable; compare it with the head (`ProbeDiagnosis`).
+public struct LinearProbe: Sendable {
+    public let dim: Int
+    public let classes: Int
+    /// Standardisation learnt on the training rows: x̂ = (x − mean) · invStd.
+    let mean: [Float]   // (dim)
+    let invStd: [Float] // (dim); 0 for a dimension constant on the training rows
+    let weight: [Float] // (classes, dim), on standardised features
+    let bias: [Float]   // (classes)
+
+    /// Fits a probe. `features` is (rows, dim) row-major, `labels` (rows) in 0..<classes.
+    /// With no training rows the probe predicts class 0 everywhere.
+    public static func fit(features: [Float], labels: [Int32], dim: Int, classes: Int,
+                           config: LinearProbeConfig = LinearProbeConfig()) -> LinearProbe {
+        precondition(dim > 0 && classes > 0, "LinearProbe: dim \(dim), classes \(classes)")
+        precondition(features.count == labels.count * dim,
+                     "LinearProbe: \(features.count) feature values for \(labels.count) rows of \(dim)")
+        precondition(labels.allSatisfy { $0 >= 0 && Int($0) < classes }, "LinearProbe: labels must be in 0..<\(classes)")
+        precondition(config.epochs >= 0 && config.batchSize > 0, "LinearProbe: epochs \(config.epochs), batch \(config.batchSize)")
+        let n = labels.count, d = dim, k = classes
+
+        // Per-dimension mean and population std, accumulated in Double.
+        var sum = [Double](repeating: 0, count: d), sumSq = sum
+        features.withUnsafeBufferPointer { x in
+            for r in 0..<n {
+                for j in 0..<d {
+                    let v = Double(x[r * d + j])
+                    sum[j] += v
+                    sumSq[j] += v * v
+                }
+            }
+        }
+        var mean = [Float](repeating: 0, count: d), invStd = [Float](repeating: 0, count: d)
+        if n > 0 {
+            for j in 0..<d {
+                let m = sum[j] / Double(n)
+                let variance = max(0, sumSq[j] / Double(n) - m * m)
+                mean[j] = Float(m)
+                // A dimension with no spread on the training rows carries nothing the probe can learn.
+                invStd[j] = variance > 1e-12 * max(1, m * m) ? Float(1 / variance.squareRoot()) : 0
+            }
+        }
+        let x = standardise(features, rows: n, dim: d, mean: mean, invStd: invStd) // (n, d)
+
+        var weight = [Float](repeating: 0, count: k * d), bias = [Float](repeating: 0, count: k)
+        guard n > 0 else { return LinearProbe(dim: d, classes: k, mean: mean, invStd: invStd, weight: weight, bias: bias) }
+
+        let batch = min(config.batchSize, n)
+        var xb = [Float](repeating: 0, count: batch * d)      // (B, d) gathered rows
+        var logits = [Float](repeating: 0, count: batch * k)  // (B, k), then dloss/dlogits in place
+        var gradW = [Float](repeating: 0, count: k * d)       // (k, d)
+        var gradB = [Float](repeating: 0, count: k)
+        var mW = gradW, vW = gradW, mB = gradB, vB = gradB
+        let beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
+        var order = Array(0..<n)
+        var rng = SplitMix64(seed: config.seed)
+        var step = 0
+
+        for _ in 0..<config.epochs {
+            // Fisher-Yates written out, so the order does not depend on the standard library's shuffle.
+            for i in stride(from: n - 1, to: 0, by: -1) {
+                order.swapAt(i, Int(rng.next() % UInt64(i + 1)))
+            }
+            for start in stride(from: 0, to: n, by: batch) {
+                let b = min(batch, n - start)
+                x.withUnsafeBufferPointer { src in
+                    xb.withUnsafeMutableBufferPointer { dst in
+                        for r in 0..<b {
+                            (dst.baseAddress! + r * d).update(from: src.baseAddress! + order[start + r] * d, count: d)
+                        }
+                    }
+                }
+                // logits (b, k) = xb (b, d) · Wᵀ
+                dr_sgemm(0, 1, Int64(b), Int64(k), Int64(d), 1, xb, Int64(d), weight, Int64(d), 0, &logits, Int64(k))
+                // Softmax, then dloss/dlogits = (p − onehot) / b, written over the logits.
+                logits.withUnsafeMutableBufferPointer { z in
+                    let scale = 1 / Float(b)
+                    for r in 0..<b {
+                        let row = z.baseAddress! + r * k
+                        var top = -Float.infinity
+                        for c in 0..<k { row[c] += bias[c]; top = max(top, row[c]) }
+                        var total: Float = 0
+                        for c in 0..<k { row[c] = exp(row[c] - top); total += row[c] }
+                        let y = Int(labels[order[start + r]])
+                        for c in 0..<k { row[c] = (row[c] / total - (c == y ? 1 : 0)) * scale }
+                    }
+                }
+                // gradW (k, d) = dlogitsᵀ (k, b) · xb (b, d); gradB = Σ_rows dlogits
+                dr_sgemm(1, 0, Int64(k), Int64(d), Int64(b), 1, logits, Int64(k), xb, Int64(d), 0, &gradW, Int64(d))
+                for c in 0..<k { gradB[c] = 0 }
+                for r in 0..<b { for c in 0..<k { gradB[c] += logits[r * k + c] } }
+
+                step += 1
+                let c1 = 1 / (1 - pow(beta1, Float(step))), c2 = 1 / (1 - pow(beta2, Float(step)))
+                let lr = config.learningRate, l2 = config.l2
+                weight.withUnsafeMutableBufferPointer { w in
+                    gradW.withUnsafeBufferPointer { g in
+                        mW.withUnsafeMutableBufferPointer { m in
+                            vW.withUnsafeMutableBufferPointer { v in
+                                for i in 0..<(k * d) {
+                                    let gi = g[i] + l2 * w[i]
+                                    m[i] = beta1 * m[i] + (1 - beta1) * gi
+                                    v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
+                                    w[i] -= lr * (m[i] * c1) / ((v[i] * c2).squareRoot() + eps)
+                                }
+                            }
+                        }
+                    }
+                }
+                for c in 0..<k {
+                    mB[c] = beta1 * mB[c] + (1 - beta1) * gradB[c]
+                    vB[c] = beta2 * vB[c] + (1 - beta2) * gradB[c] * gradB[c]
+                    bias[c] -= lr * (mB[c] * c1) / ((vB[c] * c2).squareRoot() + eps)
+                }
+            }
+        }
+        return LinearProbe(dim: d, classes: k, mean: mean, invStd: invStd, weight: weight, bias: bias)
+    }
+
+    /// The most likely class of each row of `features` (rows, dim); ties go to the lower class.
+    public func predict(features: [Float]) -> [Int32] {
+        precondition(features.count % dim == 0, "LinearProbe.predict: \(features.count) values are not rows of \(dim)")
+        let n = features.count / dim
+        guard n > 0 else { return [] }
+        let x = LinearProbe.standardise(features, rows: n, dim: dim, mean: mean, invStd: invStd)
+        var logits = [Float](repeating: 0, count: n * classes) // (n, classes)
+        dr_sgemm(0, 1, Int64(n), Int64(classes), Int64(dim), 1, x, Int64(dim), weight, Int64(dim), 0, &logits, Int64(classes))
+        return (0..<n).map { r in
+            var best = 0
+            var top = logits[r * classes] + bias[0]
+            for c in 1..<classes where logits[r * classes + c] + bias[c] > top {
+                best = c
+                top = logits[r * classes + c] + bias[c]
+            }
+            return Int32(best)
+        }
+    }
+
+    /// Fits a probe on the training rows and returns its macro F1 (0...1, `macroF1` over classes
+    /// 0..<classes) on the test rows. Both feature arrays are (rows, dim) row-major; labels are in
+    /// 0..<classes. 0 when there are no test rows.
+    public static func fitAndScore(trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
+                                   dim: Int, classes: Int, config: LinearProbeConfig = LinearProbeConfig()) -> Double {
+        precondition(testFeatures.count == testLabels.count * dim,
+                     "LinearProbe: \(testFeatures.count) test feature values for \(testLabels.count) rows of \(dim)")
+        let probe = fit(features: trainFeatures, labels: trainLabels, dim: dim, classes: classes, config: config)
+        return macroF1(predictions: probe.predict(features: testFeatures), labels: testLabels,
+                       classes: (0..<Int32(classes)).map { $0 })
+    }
+
+    /// (rows, dim) → (rows, dim) with x̂ = (x − mean) · invStd.
+    static func standardise(_ features: [Float], rows: Int, dim: Int, mean: [Float], invStd: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: rows * dim)
+        features.withUnsafeBufferPointer { x in
+            out.withUnsafeMutableBufferPointer { o in
+                for r in 0..<rows {
+                    for j in 0..<dim { o[r * dim + j] = (x[r * dim + j] - mean[j]) * invStd[j] }
+                }
+            }
+        }
+        return out
+    }
+}
+
+// MARK: - Probe diagnosis
+
+/// Head versus probe for one old domain, at the time it was learnt and now (after later domains).
+///
+/// The drops are `headDrop = headF1AtLearning − headF1Now` and
+/// `probeDrop = probeF1AtLearning − probeF1Now` (positive = worse now). `kind` follows `classify`.
+public struct ProbeDiagnosis: Codable, Equatable, Sendable {
+    public enum Kind: String, Codable, Sendable, CaseIterable {
+        /// The head lost less than the threshold.
+        case stable
+        /// "Spurious forgetting": the head lost at least the threshold, but a fresh probe lost less
+        /// than half as much, so the knowledge is still there and the features have moved.
+        case alignmentDrift = "alignment-drift"
+        /// The head lost at least the threshold and the probe lost at least half as much.
+        case knowledgeLoss = "knowledge-loss"
+        /// A score is NaN or infinite (e.g. the domain was not evaluated).
+        case undetermined
+    }
+
+    /// The default `threshold` of `classify`: 2 F1 points.
+    public static let defaultThreshold = 0.02
+
+    public let domain: String
+    public let headF1AtLearning: Double
+    public let headF1Now: Double
+    public let probeF1AtLearning: Double
+    public let probeF1Now: Double
+    /// headF1AtLearning − headF1Now; stored so that it is in the JSON.
+    public let headDrop: Double
+    /// probeF1AtLearning − probeF1Now.
+    public let probeDrop: Double
+    public let kind: Kind
+
+    public init(domain: String, headF1AtLearning: Double, headF1Now: Double, probeF1AtLearning: Double, probeF1Now: Double,
+                threshold: Double = ProbeDiagnosis.defaultThreshold) {
+        self.domain = domain
+        self.headF1AtLearning = headF1AtLearning
+        self.headF1Now = headF1Now
+        self.probeF1AtLearning = probeF1AtLearning
+        self.probeF1Now = probeF1Now
+        headDrop = headF1AtLearning - headF1Now
+        probeDrop = probeF1AtLearning - probeF1Now
+        kind = ProbeDiagnosis.classify(headDrop: headDrop, probeDrop: probeDrop, threshold: threshold)
+    }
+
+    /// The rule, on drops (positive = worse now), in this order:
+    /// 1. either drop not finite → `.undetermined`;
+    /// 2. `headDrop < threshold` → `.stable`;
+    /// 3. `probeDrop < headDrop / 2` → `.alignmentDrift` (spurious forgetting: still decodable);
+    /// 4. otherwise → `.knowledgeLoss`.
+    public static func classify(headDrop: Double, probeDrop: Double, threshold: Double = defaultThreshold) -> Kind {
+        guard headDrop.isFinite, probeDrop.isFinite else { return .undetermined }
+        if headDrop < threshold { return .stable }
+        return probeDrop < headDrop / 2 ? .alignmentDrift : .knowledgeLoss
+    }
+}
+
+// MARK: - Multi-intent fragility
+
+/// How one domain does on multi-intent utterances against its single-intent accuracy.
+public struct MultiIntentScore: Codable, Equatable, Sendable {
+    public let domain: String
+    /// Multi-intent utterances of the domain that were scored.
+    public let count: Int
+    /// Fraction whose predicted domain is right and predicted intent is one of the gold intents.
+    public let anyHit: Double
+    /// Fraction whose predicted domain is right.
+    public let domainHit: Double
+    /// The domain's accuracy on single-intent utterances (the reference).
+    public let singleIntentAccuracy: Double
+    /// singleIntentAccuracy − anyHit: how much a second or third intent costs (positive = worse).
+    public let fragility: Double
+
+    public init(domain: String, count: Int, anyHit: Double, domainHit: Double, singleIntentAccuracy: Double) {
+        self.domain = domain
+        self.count = count
+        self.anyHit = anyHit
+        self.domainHit = domainHit
+        self.singleIntentAccuracy = singleIntentAccuracy
+        fragility = count > 0 ? singleIntentAccuracy - anyHit : 0
+    }
+}
+
+/// Scoring and reporting of the diagnostics above.
+public enum Diagnostics {
+    /// Scores `domain` on multi-intent utterances. `predictions[i]` is the model's single
+    /// (domain, intent) for utterance i, `gold[i]` its domain and 2-3 gold intents. Only utterances
+    /// whose gold domain is `domain` count, so all domains' utterances may be passed at once.
+    /// With none, `count` is 0 and the rates and fragility are 0.
+    public static func score(domain: String, predictions: [(domain: String, intent: String)],
+                             gold: [(domain: String, intents: [String])], singleIntentAccuracy: Double) -> MultiIntentScore {
+        precondition(predictions.count == gold.count, "Diagnostics.score: \(predictions.count) predictions for \(gold.count) utterances")
+        var count = 0, anyHits = 0, domainHits = 0
+        for (p, g) in zip(predictions, gold) where g.domain == domain {
+            count += 1
+            guard p.domain == g.domain else { continue }
+            domainHits += 1
+            if g.intents.contains(p.intent) { anyHits += 1 }
+        }
+        let n = Double(max(count, 1))
+        return MultiIntentScore(domain: domain, count: count, anyHit: Double(anyHits) / n,
+                                domainHit: Double(domainHits) / n, singleIntentAccuracy: singleIntentAccuracy)
+    }
+
+    /// `score` for every gold domain, in order of first appearance; a domain missing from
+    /// `singleIntentAccuracy` gets reference 0.
+    public static func scores(predictions: [(domain: String, intent: String)], gold: [(domain: String, intents: [String])],
+                              singleIntentAccuracy: [String: Double]) -> [MultiIntentScore] {
+        var seen = Set<String>(), domains: [String] = []
+        for g in gold where seen.insert(g.domain).inserted { domains.append(g.domain) }
+        return domains.map {
+            score(domain: $0, predictions: predictions, gold: gold, singleIntentAccuracy: singleIntentAccuracy[$0] ?? 0)
+        }
+    }
+
+    /// Two Markdown tables (F1, accuracies and drops in points, like `ResultsReport`); a table with
+    /// no rows is left out, and the result is empty when both are.
+    public static func markdown(probes: [ProbeDiagnosis], multiIntent: [MultiIntentScore]) -> String {
+        func pts(_ v: Double) -> String { v.isFinite ? String(format: "%.1f", 100 * v) : "-" }
+        var s = ""
+        if !probes.isEmpty {
+            s += "Linear probe (head vs. probe F1 when learnt and now; drops in points):\n\n"
+            s += "| Domain | head F1 learnt | head F1 now | head drop | probe F1 learnt | probe F1 now | probe drop | kind |\n"
+            s += "|---|---|---|---|---|---|---|---|\n"
+            for p in probes {
+                s += "| \(p.domain) | \(pts(p.headF1AtLearning)) | \(pts(p.headF1Now)) | \(pts(p.headDrop)) | "
+                s += "\(pts(p.probeF1AtLearning)) | \(pts(p.probeF1Now)) | \(pts(p.probeDrop)) | \(p.kind.rawValue) |\n"
+            }
+        }
+        if !multiIntent.isEmpty {
+            if !s.isEmpty { s += "\n" }
+            s += "Multi-intent fragility (fragility = single-intent accuracy − any-hit):\n\n"
+            s += "| Domain | utterances | any-hit | domain-hit | single-intent acc | fragility |\n"
+            s += "|---|---|---|---|---|---|\n"
+            for m in multiIntent {
+                let rate = { (v: Double) in m.count > 0 ? pts(v) : "-" }
+                s += "| \(m.domain) | \(m.count) | \(rate(m.anyHit)) | \(rate(m.domainHit)) | "
+                s += "\(pts(m.singleIntentAccuracy)) | \(rate(m.fragility)) |\n"
+            }
+        }
+        return s
+    }
+}
