@@ -88,6 +88,36 @@ import Testing
         #expect(run.parametersPerNewDomain == layers * 16 + intents * enc.config.hidden + intents)
     }
 
+    /// Diagnostics of a run: the probe's head F1 are the oracle matrix's diagonal and last row, the
+    /// probe still decodes old domains from the (frozen-base) features, multi-intent rows are scored.
+    @Test func diagnosticsProbeAndMultiIntent() throws {
+        let enc = try Self.encoder()
+        var cfg = Self.smallConfig([MethodConfig(kind: .dualReplay)])
+        cfg.data.synthetic?.multiIntentTestPerDomain = 6
+        cfg.diagnostics = true
+        cfg.probeTrainPerDomain = 40
+        try cfg.validate()
+        let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
+        let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test")
+        let results = try runner.run()
+        let run = try #require(results.runs.first)
+        let K = scenario.count, probes = try #require(run.probes), multi = try #require(run.multiIntent)
+        #expect(probes.count == K - 1)
+        for (j, p) in probes.enumerated() {
+            #expect(p.domain == run.domains[j])
+            #expect(p.headF1AtLearning == run.oracle.f1[j][j] && p.headF1Now == run.oracle.f1[K - 1][j])
+            #expect(p.probeF1AtLearning > 0.8 && p.probeF1Now > 0.8, "\(p)")
+            #expect(p.kind == ProbeDiagnosis.classify(headDrop: p.headDrop, probeDrop: p.probeDrop))
+        }
+        #expect(multi.map(\.domain) == run.domains && multi.allSatisfy { $0.count == 6 })
+        for (j, m) in multi.enumerated() {
+            #expect(m.singleIntentAccuracy == run.routedAccuracy.f1[K - 1][j])
+            #expect((0...1).contains(m.anyHit) && m.domainHit >= m.anyHit)
+        }
+        let md = ResultsReport.markdown(results)
+        #expect(md.contains("### Diagnostics") && md.contains("| dual-replay | \(K - 1) |"))
+    }
+
     @Test func configErrorsNameTheFieldAndFile() throws {
         let dir = try TestPaths.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -25,6 +25,37 @@ public enum ResultsReport {
         s += "\nDomains: \(p.domainNames.count); orderings: \(p.config.resolvedOrderingSeeds.count); byte budget: \(p.byteBudget) B; "
         s += "eval split: \(p.config.evalSplit ?? "test"); protocol \(p.hash); code \(p.codeVersion).\n"
         s += "Avg F1, BWT, FWT, forgetting: routed mode (no domain given) unless marked oracle; FWT against `single`, in points.\n"
+        s += diagnostics(r)
+        return s
+    }
+
+    /// Failure-mode diagnostics (config `diagnostics`): per method over all orderings, then the
+    /// per-domain tables of each method's first ordering.
+    static func diagnostics(_ r: ExperimentResults) -> String {
+        let runs = r.runs.filter { $0.probes != nil || $0.multiIntent != nil }
+        guard !runs.isEmpty else { return "" }
+        var s = "\n### Diagnostics\n\n"
+        s += "| Method | old domains | oracle head drop | probe drop | stable | alignment drift | knowledge loss | multi-intent any-hit | single-intent acc | fragility |\n"
+        s += "|---|---|---|---|---|---|---|---|---|---|\n"
+        var methods: [String] = []
+        for run in runs where !methods.contains(run.method) { methods.append(run.method) }
+        for name in methods {
+            let rs = runs.filter { $0.method == name }
+            let probes = rs.flatMap { $0.probes ?? [] }, multi = rs.flatMap { $0.multiIntent ?? [] }
+            func mean(_ xs: [Double]) -> String { xs.isEmpty ? "-" : String(format: "%.1f", 100 * xs.reduce(0, +) / Double(xs.count)) }
+            func count(_ k: ProbeDiagnosis.Kind) -> String { String(probes.filter { $0.kind == k }.count) }
+            s += "| \(name) | \(probes.count) | \(mean(probes.map(\.headDrop))) | \(mean(probes.map(\.probeDrop))) | \(count(.stable)) | "
+            s += "\(count(.alignmentDrift)) | \(count(.knowledgeLoss)) | \(mean(multi.map(\.anyHit))) | \(mean(multi.map(\.singleIntentAccuracy))) | "
+            s += "\(mean(multi.map(\.fragility))) |\n"
+        }
+        s += "\nDrops in points (when learned minus after the last domain, oracle mode). A linear probe refitted on the current "
+        s += "features tells alignment drift (the head is lost but the probe is not: spurious forgetting) from knowledge loss. "
+        s += "Multi-intent: routed prediction hits one of the gold intents (any-hit); fragility = single-intent accuracy − any-hit.\n"
+        for name in methods {
+            guard let first = runs.first(where: { $0.method == name }) else { continue }
+            s += "\n#### \(name), ordering seed \(first.orderingSeed)\n\n"
+            s += Diagnostics.markdown(probes: first.probes ?? [], multiIntent: first.multiIntent ?? [])
+        }
         return s
     }
 }

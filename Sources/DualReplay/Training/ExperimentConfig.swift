@@ -266,6 +266,12 @@ public struct ExperimentConfig: Codable, Equatable, Sendable {
     public var training: TrainingDefaults?
     /// Single-utterance latency samples (routed prediction, 1 thread) per method; 0 = skip.
     public var latencySamples: Int?
+    /// Failure-mode diagnostics of every sequential run (docs/METRICS.md): the linear probe that
+    /// tells alignment drift from knowledge loss, and multi-intent fragility on the domains'
+    /// multi-intent test rows. Off by default (the probe costs two extra passes over the data).
+    public var diagnostics: Bool?
+    /// Training rows per domain the probe is fitted on (default 600).
+    public var probeTrainPerDomain: Int?
 
     public init(name: String, model: String? = nil, data: DataConfig, methods: [MethodConfig]) {
         self.name = name
@@ -289,6 +295,7 @@ public struct ExperimentConfig: Codable, Equatable, Sendable {
         }
         if let o = orderings, o < 1 { throw ConfigError.invalid(field: "orderings", reason: "must be >= 1") }
         if let t = threads, t < 1 { throw ConfigError.invalid(field: "threads", reason: "must be >= 1") }
+        if let p = probeTrainPerDomain, p < 2 { throw ConfigError.invalid(field: "probeTrainPerDomain", reason: "must be >= 2") }
         if data.files == nil && data.synthetic == nil {
             throw ConfigError.invalid(field: "data", reason: "give `files` (JSONL) or `synthetic`")
         }

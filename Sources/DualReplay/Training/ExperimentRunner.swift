@@ -26,6 +26,10 @@ public struct RunResult: Codable, Sendable {
     public var trainExamplesPerSecond: Double
     public var latencyP50ms: Double?
     public var latencyP99ms: Double?
+    /// Diagnostics (config `diagnostics`): per earlier domain, head vs linear-probe F1 when it
+    /// was learned and after the last domain; per domain with multi-intent test rows, fragility.
+    public var probes: [ProbeDiagnosis]?
+    public var multiIntent: [MultiIntentScore]?
 }
 
 /// Mean ± std over orderings of one method.
@@ -453,6 +457,69 @@ public final class ExperimentRunner {
         return out
     }
 
+    /// Routed predictions (domain index, global class) of sequences, as `evaluate` scores them:
+    /// the router picks gate and head; without a router the argmax over every seen class decides.
+    func routedPredictions(_ m: ContinualModel, router: DomainRouter?, _ seqs: [[Int32]]) -> [(domain: Int, cls: Int)] {
+        let V = m.classCount
+        var out: [(domain: Int, cls: Int)] = []
+        for start in stride(from: 0, to: seqs.count, by: 64) {
+            let part = Array(seqs[start..<min(seqs.count, start + 64)])
+            let B = part.count
+            if let router {
+                let routes = router.route(part)
+                let lg = m.logits(part, gateIds: routes)
+                for b in 0..<B {
+                    let k = Int(routes[b]), r = m.domains[k].classRange
+                    out.append((k, r.max { lg[b * V + $0] < lg[b * V + $1] }!))
+                }
+            } else {
+                let lg = m.logits(part, gateIds: [Int32](repeating: Int32(m.domains.count - 1), count: B))
+                for b in 0..<B {
+                    let c = (0..<V).max { lg[b * V + $0] < lg[b * V + $1] }!
+                    out.append((m.domains.firstIndex { $0.classRange.contains(c) }!, c))
+                }
+            }
+        }
+        return out
+    }
+
+    /// Test macro-F1 of a linear probe fitted on domain `j`'s pooled features under its own gate:
+    /// what the representation still holds, whatever its head makes of it.
+    func probeF1(_ m: ContinualModel, domain j: Int, _ d: ScenarioDomain) -> Double {
+        func features(_ rows: [IntentExample]) -> (x: [Float], y: [Int32]) {
+            var x: [Float] = [], y: [Int32] = []
+            let seqs = rows.map { ids($0.text) }
+            for start in stride(from: 0, to: seqs.count, by: 64) {
+                let part = Array(seqs[start..<min(seqs.count, start + 64)])
+                x += m.pooled(part, gateIds: [Int32](repeating: Int32(j), count: part.count))
+            }
+            for r in rows { y.append(Int32(d.intents.firstIndex(of: r.intent)!)) }
+            return (x, y)
+        }
+        var rng = SplitMix64(seed: StableHash.of(d.name) &+ 0x9B0B)
+        let cap = config.probeTrainPerDomain ?? 600
+        let train = d.train.count > cap ? Array(d.train.shuffled(using: &rng).prefix(cap)) : d.train
+        let (xt, yt) = features(train), (xe, ye) = features(split(d, evalSplit))
+        return LinearProbe.fitAndScore(trainFeatures: xt, trainLabels: yt, testFeatures: xe, testLabels: ye,
+                                       dim: m.config.hidden, classes: d.intents.count)
+    }
+
+    /// Multi-intent fragility of every domain with multi-intent test rows, after the last domain.
+    func multiIntentScores(_ m: ContinualModel, router: DomainRouter?, order: Scenario, routedAccuracy: EvalMatrix) -> [MultiIntentScore] {
+        let last = order.count - 1
+        var out: [MultiIntentScore] = []
+        for (j, d) in order.domains.enumerated() where !d.multiIntentTest.isEmpty {
+            let preds = routedPredictions(m, router: router, d.multiIntentTest.map { ids($0.text) }).map { p -> (domain: String, intent: String) in
+                let dom = m.domains[p.domain]
+                return (dom.name, dom.intents[p.cls - dom.classOffset])
+            }
+            let gold = d.multiIntentTest.map { (domain: d.name, intents: $0.intents) }
+            out.append(Diagnostics.score(domain: d.name, predictions: preds, gold: gold,
+                                         singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j]))
+        }
+        return out
+    }
+
     /// Single-utterance routed prediction latency (tokenize + route + gated forward + head), 1 thread.
     func latency(_ m: ContinualModel, router: DomainRouter?, texts: [String]) -> (p50: Double, p99: Double)? {
         let n = config.latencySamples ?? 200
@@ -620,6 +687,8 @@ public final class ExperimentRunner {
         var routerAcc: [Double] = []
         var trainTime = 0.0, evalTime = 0.0, trained = 0
         var paramsPerDomain = 0
+        let diagnose = config.diagnostics ?? false
+        var probeAtLearning: [Double] = []
         for k in order.domains.indices {
             let t0 = Date()
             let step = try trainDomain(st, s, seen: Array(order.domains[0...k]), label: "\(k + 1)/\(K)")
@@ -640,17 +709,33 @@ public final class ExperimentRunner {
                 total += e.count
             }
             if router != nil { routerAcc.append(Double(correct) / Double(max(total, 1))) }
+            if diagnose { probeAtLearning.append(probeF1(m, domain: k, order.domains[k])) }
             evalTime += Date().timeIntervalSince(t1)
             let rowText = (0...k).map { String(format: "%.1f", 100 * routed[afterTraining: k, domain: $0]) }.joined(separator: " ")
             progress("  after \(k + 1)/\(K): routed F1 [\(rowText)]" + (router != nil ? String(format: " router acc %.1f%%", 100 * routerAcc.last!) : ""))
         }
+        var probes: [ProbeDiagnosis]? = nil, multi: [MultiIntentScore]? = nil
+        if diagnose {
+            let t2 = Date(), last = K - 1
+            probes = (0..<last).map { j in
+                ProbeDiagnosis(domain: order.domains[j].name, headF1AtLearning: oracle[afterTraining: j, domain: j],
+                               headF1Now: oracle[afterTraining: last, domain: j], probeF1AtLearning: probeAtLearning[j],
+                               probeF1Now: probeF1(m, domain: j, order.domains[j]))
+            }
+            multi = multiIntentScores(m, router: router, order: order, routedAccuracy: racc)
+            evalTime += Date().timeIntervalSince(t2)
+            progress("  diagnostics: " + (probes ?? []).map { "\($0.domain) \($0.kind.rawValue)" }.joined(separator: ", "))
+        }
         let lat = latency(m, router: router, texts: order.domains.flatMap { $0.test.map(\.text) })
-        return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
+        var result = RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
                          routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: router == nil ? nil : routerAcc,
                          validationF1: valF1, ledger: st.dual?.ledger ?? st.reservoir?.ledger, bufferBytesUsed: st.dual?.bytesUsed ?? st.reservoir?.bytesUsed,
                          trainableParameters: m.store.count, parametersPerNewDomain: paramsPerDomain,
                          trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9),
                          latencyP50ms: lat?.p50, latencyP99ms: lat?.p99)
+        result.probes = probes
+        result.multiIntent = multi
+        return result
     }
 
     // MARK: - references
