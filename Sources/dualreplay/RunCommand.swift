@@ -25,18 +25,21 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Model directory (overrides the config).")
     var model: String?
 
+    @Flag(help: "Reuse the runs finished by an interrupted run of the same protocol (<out>/partial.json).")
+    var resume = false
+
     func validate() throws {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
         let cfg = try ExperimentConfig.load(URL(fileURLWithPath: config))
-        try runExperiment(cfg, out: out, threads: threads, model: model)
+        try runExperiment(cfg, out: out, threads: threads, model: model, resume: resume)
     }
 }
 
 /// Shared by `run` and `demo`: loads data and model, runs, writes results atomically.
-func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model: String?) throws {
+func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model: String?, resume: Bool = false) throws {
     var cfg = cfgIn
     if let t = threads { cfg.threads = t }
     if let m = model { cfg.model = m }
@@ -49,11 +52,35 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: encoder, generalTexts: general, codeVersion: codeVersion())
     let start = Date()
     runner.progress = { printError(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + $0) }
-    let results = try runner.run()
     let dir = URL(fileURLWithPath: out ?? "results/\(cfg.name)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    // every finished run is saved at once; `--resume` reuses them (same protocol hash only)
+    let partialURL = dir.appendingPathComponent("partial.json")
+    if resume, FileManager.default.fileExists(atPath: partialURL.path) {
+        do {
+            let p = try JSONDecoder().decode(PartialResults.self, from: Data(contentsOf: partialURL))
+            guard p.schema == PartialResults.schema else { throw RunnerError.data("schema \(p.schema)") }
+            runner.resumeFrom = p
+            if p.protocolHash != runner.makeProtocol().hash {
+                printError("dualreplay: \(partialURL.path) belongs to another protocol (\(p.protocolHash)): starting over")
+            }
+        } catch {
+            throw RunnerError.data("\(partialURL.path): cannot reuse: \(error.localizedDescription); delete it to start over")
+        }
+    }
+    runner.onRunFinished = { p in try AtomicFile.write(try enc.encode(p), to: partialURL) }
+    Interrupt.shared.install()
+    runner.shouldStop = { Interrupt.shared.requested }
+    let results: ExperimentResults
+    do {
+        results = try runner.run()
+    } catch RunnerError.interrupted(let d, let step, let total) {
+        printError("dualreplay: stopped in domain \"\(d)\" at step \(step)/\(total); finished runs are in \(partialURL.path)")
+        printError("dualreplay: rerun the same command with --resume to continue with the unfinished runs")
+        throw ExitCode(130)
+    }
     try AtomicFile.write(try enc.encode(results), to: dir.appendingPathComponent("results.json"))
     let md = ResultsReport.markdown(results)
     try AtomicFile.write(Data(md.utf8), to: dir.appendingPathComponent("results.md"))

@@ -124,6 +124,54 @@ import Glibc
         expectMismatch(try fresh(), a, later)  // written on top of another version
     }
 
+    // MARK: - experiments: finished runs are kept and reused
+
+    @Test func interruptedExperimentReusesFinishedRuns() throws {
+        var cfg = S.config()
+        cfg.methods = [MethodConfig(kind: .loraReplay), cfg.methods[0]]
+        cfg.orderings = 2
+        let scenario = try Scenario(domains: [S.domain("a", base: 0), S.domain("b", base: 6)])
+        func runner() throws -> ExperimentRunner {
+            ExperimentRunner(config: cfg, scenario: scenario, encoder: try S.encoder(), generalTexts: S.general, codeVersion: "test")
+        }
+        let reference = try runner().run()
+        #expect(reference.runs.count == 4)
+
+        // stopped during the third run (dual-replay, first ordering): two runs are saved
+        let first = try runner()
+        var saved: PartialResults? = nil
+        var steps = 0
+        first.onRunFinished = { saved = $0 }
+        first.shouldStop = { steps == 36 }  // 16 steps per run (2 domains × 8)
+        first.afterStep = { _ in steps += 1 }
+        #expect(throws: RunnerError.self) { _ = try first.run() }
+        let partial = try #require(saved)
+        #expect(partial.runs.map(\.method) == ["lora-replay", "lora-replay"])
+        // through JSON, as `run --resume` reads it
+        let back = try JSONDecoder().decode(PartialResults.self, from: try JSONEncoder().encode(partial))
+
+        let second = try runner()
+        second.resumeFrom = back
+        var log: [String] = []
+        second.progress = { log.append($0) }
+        let results = try second.run()
+        #expect(log.filter { $0.contains("reused") }.count == 2)
+        for (a, b) in zip(results.runs, reference.runs) {
+            #expect(a.method == b.method && a.orderingSeed == b.orderingSeed)
+            #expect(a.routed.f1.flatMap { $0 }.map(\.bitPattern) == b.routed.f1.flatMap { $0 }.map(\.bitPattern))
+            #expect(a.oracle.f1.flatMap { $0 }.map(\.bitPattern) == b.oracle.f1.flatMap { $0 }.map(\.bitPattern))
+        }
+        // runs of another protocol are never mixed in
+        var foreign = back
+        foreign.protocolHash = "0000000000000000"
+        let third = try runner()
+        third.resumeFrom = foreign
+        var log3: [String] = []
+        third.progress = { log3.append($0) }
+        _ = try third.run()
+        #expect(!log3.contains { $0.contains("reused") })
+    }
+
     // MARK: - the real CLI, killed with SIGKILL
 
     static func binary() throws -> URL {

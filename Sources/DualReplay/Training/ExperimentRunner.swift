@@ -32,6 +32,21 @@ public struct RunResult: Codable, Sendable {
     public var multiIntent: [MultiIntentScore]?
 }
 
+/// The runs an experiment has finished so far (`<out>/partial.json`): `run --resume` skips them.
+public struct PartialResults: Codable, Sendable {
+    public static let schema = "dualreplay.partial/1"
+    public var schema: String = PartialResults.schema
+    /// The protocol hash they belong to: runs of another protocol are never mixed in.
+    public var protocolHash: String
+    public var runs: [RunResult] = []
+    /// `single` references: per ordering seed, per domain F1.
+    public var single: [UInt64: [String: Double]] = [:]
+
+    public init(protocolHash: String) { self.protocolHash = protocolHash }
+
+    func run(_ method: String, seed: UInt64) -> RunResult? { runs.first { $0.method == method && $0.orderingSeed == seed } }
+}
+
 /// Mean ± std over orderings of one method.
 public struct MethodSummary: Codable, Sendable {
     public var method: String
@@ -194,20 +209,47 @@ public final class ExperimentRunner {
 
     // MARK: - the experiment
 
+    /// Finished runs to reuse (`run --resume`; only if their protocol hash is this experiment's),
+    /// and a callback that gets the finished runs after each one (to save them).
+    public var resumeFrom: PartialResults?
+    public var onRunFinished: ((PartialResults) throws -> Void)?
+
     public func run() throws -> ExperimentResults {
         let seeds = config.resolvedOrderingSeeds
         var runs: [RunResult] = []
         var jointF1: [String: [Double]] = [:], singleF1: [String: [Double]] = [:]
+        let hash = makeProtocol().hash
+        var partial = PartialResults(protocolHash: hash)
+        let reuse = resumeFrom?.protocolHash == hash ? resumeFrom : nil
+        func finished(_ r: RunResult?) throws {
+            if let r { partial.runs.append(r) }
+            try onRunFinished?(partial)
+        }
         for ref in config.references ?? [] {
             let s = try MethodSettings.resolve(ref, training: training)
             for seed in seeds {
                 let order = scenario.ordering(seed: seed)
                 if s.kind == .joint {
-                    let r = try runJoint(s, order: order, seed: seed)
+                    let r: RunResult
+                    if let done = reuse?.run(s.name, seed: seed) {
+                        progress("== \(s.name): ordering seed \(seed) reused from the partial results")
+                        r = done
+                    } else {
+                        r = try runJoint(s, order: order, seed: seed)
+                    }
                     runs.append(r)
+                    try finished(r)
                     for (j, name) in r.domains.enumerated() { jointF1[name, default: []].append(r.oracle.f1[r.domains.count - 1][j]) }
                 } else {
-                    let r = try runSingle(s, order: order, seed: seed)
+                    let r: [String: Double]
+                    if let done = reuse?.single[seed] {
+                        progress("== \(s.name): ordering seed \(seed) reused from the partial results")
+                        r = done
+                    } else {
+                        r = try runSingle(s, order: order, seed: seed)
+                    }
+                    partial.single[seed] = r
+                    try finished(nil)
                     for (name, f) in r { singleF1[name, default: []].append(f) }
                 }
             }
@@ -217,8 +259,16 @@ public final class ExperimentRunner {
         for m in config.methods {
             let s = try MethodSettings.resolve(m, training: training)
             for (k, seed) in seeds.enumerated() {
+                if let done = reuse?.run(s.name, seed: seed) {
+                    progress("== \(s.name): ordering \(k + 1)/\(seeds.count) (seed \(seed)) reused from the partial results")
+                    runs.append(done)
+                    try finished(done)
+                    continue
+                }
                 progress("== \(s.name): ordering \(k + 1)/\(seeds.count) (seed \(seed))")
-                runs.append(try runSequential(s, order: scenario.ordering(seed: seed), seed: seed))
+                let r = try runSequential(s, order: scenario.ordering(seed: seed), seed: seed)
+                runs.append(r)
+                try finished(r)
             }
         }
         var summaries: [MethodSummary] = []
@@ -240,7 +290,7 @@ public final class ExperimentRunner {
         return ExperimentResults(experimentProtocol: proto, runs: runs, summaries: summaries, jointF1: joint, singleF1: single, createdAt: iso)
     }
 
-    func makeProtocol() -> ExperimentProtocol {
+    public func makeProtocol() -> ExperimentProtocol {
         var p = ExperimentProtocol(config: config, dataFingerprint: scenario.contentFingerprint, domainNames: scenario.domainNames,
                                    byteBudget: byteBudget, codeVersion: codeVersion, modelFingerprint: encoder.weights.fingerprint(),
                                    threads: Int(dr_blas_get_threads()), hash: "")
