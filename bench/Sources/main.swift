@@ -2,7 +2,7 @@
 // Every figure comes with its ceiling measured in the same run: OpenBLAS sgemm GFLOP/s on the
 // same GEMM shapes. Results: JSON lines on stdout (also appended to --out PATH) and short tables.
 //
-//   dr-bench [--only encoder,train,kernels] [--threads 1,2] [--methods adapter,adapter-t16,lora,full]
+//   dr-bench [--only encoder,train,kernels,predict] [--threads 1,2] [--methods adapter,adapter-t16,lora,full]
 //            [--seconds 2] [--batch 32] [--latency-runs 1000] [--model DIR] [--data DIR] [--out PATH]
 import DualReplay
 import Foundation
@@ -13,9 +13,12 @@ let reporter = Reporter(outPath: options.out)
 var encoderRecords: [BenchRecord] = []
 var trainRecords: [TrainRecord] = []
 var kernelRecords: [KernelRecord] = []
+var predictRecords: [PredictRecord] = []
 if options.runs("encoder") { encoderRecords = try benchEncoder(options, reporter) }
 if options.runs("train") { trainRecords = try benchTrainStep(options, reporter) }
 if options.runs("kernels") { kernelRecords = try benchKernels(options, reporter) }
+if options.runs("predict") { predictRecords = try benchPredict(options, reporter) }
 if !encoderRecords.isEmpty { printEncoderTable(encoderRecords) }
 if !trainRecords.isEmpty { printTrainTable(trainRecords) }
 if !kernelRecords.isEmpty { printKernelTable(kernelRecords) }
+if !predictRecords.isEmpty { printPredictTable(predictRecords) }
