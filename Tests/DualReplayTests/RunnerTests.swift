@@ -155,3 +155,53 @@ import Testing
         #expect(cfg.methods[0].kind == .der && cfg.methods[0].logitReplayWeight == 0.3)
     }
 }
+
+/// The shared adapter's learning-rate multiplier after the first domain (`sharedLearningRateScale`).
+@Suite struct SharedAdapterScaleTests {
+    typealias S = StateTests
+
+    /// Domain a's oracle logits (gate 0, head 0) after a, and after b and c were trained.
+    static func logitsOfA(scale: Float?) throws -> (before: [UInt32], after: [UInt32], sharedTrains: Bool) {
+        var cfg = S.config()
+        cfg.methods[0].sharedLearningRateScale = scale
+        cfg.methods[0].freezeOldHeads = true
+        let st = try ContinualState.create(config: cfg, encoder: try S.encoder(), generalTexts: S.general, modelPath: nil)
+        let seqs: [[Int32]] = [[1, 4, 34, 35, 2], [1, 6, 31, 2], [1, 8, 30, 33, 2]]
+        let gates = [Int32](repeating: 0, count: seqs.count)
+        _ = try st.onboard(S.domain("a", base: 0))
+        let before = st.model.logits(seqs, gateIds: gates)
+        _ = try st.onboard(S.domain("b", base: 6))
+        _ = try st.onboard(S.domain("c", base: 12))
+        // logits are (B, V): domain a's classes are the first 3 of each row
+        let all = st.model.logits(seqs, gateIds: gates), V = st.model.classCount
+        let after = (0..<seqs.count).flatMap { b in all[(b * V)..<(b * V + 3)] }
+        let shared = st.model.store.tensors.filter { ContinualModel.isSharedAdapter($0.name) }
+        return (before.map(\.bitPattern), after.map(\.bitPattern), shared.allSatisfy(\.trainable))
+    }
+
+    /// Frozen shared adapter, old gates and old heads: a finished domain's oracle outputs cannot
+    /// change (zero oracle forgetting by construction); at full rate they do.
+    @Test func frozenSharedAdapterKeepsOldDomainOutputsExactly() throws {
+        let frozen = try Self.logitsOfA(scale: 0)
+        #expect(frozen.before == frozen.after && !frozen.sharedTrains)
+        let full = try Self.logitsOfA(scale: nil)
+        #expect(full.before != full.after && full.sharedTrains)
+        let slow = try Self.logitsOfA(scale: 0.1)
+        #expect(slow.before != slow.after && slow.sharedTrains)
+    }
+
+    @Test func scalesMultiplyTheStepOfTheirSegment() throws {
+        let store = ParameterStore()
+        store.add("x", shape: [4], group: "adapter") { _ in 1 }
+        store.add("y", shape: [4], group: "adapter") { _ in 1 }
+        for i in 0..<8 { store.grads.base[i] = 0.5 }
+        var cfg = OptimizerConfig()
+        cfg.weightDecay = 0
+        cfg.clipNorm = 0
+        let segs = store.trainableSegments()
+        AdamWStep(config: cfg).apply(store, segments: segs, lr: 0.1, t: 1, scales: [0, 0.5])
+        for i in 0..<4 { #expect(store.values.base[i] == 1) }
+        // the first Adam step moves by lr·scale (bias-corrected m/√v = 1)
+        for i in 4..<8 { #expect(abs(store.values.base[i] - (1 - 0.05)) < 1e-5) }
+    }
+}

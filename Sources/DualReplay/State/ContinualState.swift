@@ -140,6 +140,7 @@ public final class ContinualState {
             store.setTrainable(t.trainable) { $0.name == t.name }
             store.setTrainableRows(t.name, t.trainableRows)
         }
+        st.model.rebuildViews()
         st.model.optimizerStep = mf.modelOptimizerStep
         st.model.rngState = SplitMix64(seed: mf.modelRNG)
         st.router?.step = mf.routerOptimizerStep ?? 0

@@ -233,7 +233,9 @@ public final class ContinualModel {
 
     // MARK: - C views
 
-    private func rebuildViews() {
+    /// Rebuilds the kernels' pointer tables; call after changing which tensors train (a frozen
+    /// tensor gets no gradient pointer, so its weight-gradient GEMMs are skipped).
+    func rebuildViews() {
         let L = config.layers
         var cfg = config.kernelConfig
         let baseValues = spec.fullFineTune ? store.value("base") : base.arena.base
@@ -405,6 +407,14 @@ public final class ContinualModel {
 
     // MARK: - one training step
 
+    /// Learning-rate multiplier of the shared adapter projections (`isSharedAdapter`).
+    public var sharedLRScale: Float = 1
+
+    /// The shared adapter's projections (not its per-domain gate table).
+    public static func isSharedAdapter(_ name: String) -> Bool {
+        name.hasPrefix("adapter.") && (name.hasSuffix(".down.w") || name.hasSuffix(".down.b") || name.hasSuffix(".up.w") || name.hasSuffix(".up.b"))
+    }
+
     private var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
 
     /// Forward, losses, backward and one AdamW update of the trainable segments.
@@ -417,7 +427,13 @@ public final class ContinualModel {
         }
         beforeUpdate()
         optimizerStep += 1
-        parts.gradNorm = optimizer.apply(store, segments: store.trainableSegments { $0.group != "router" }, lr: lr, t: optimizerStep)
+        let segments = store.trainableSegments { $0.group != "router" }
+        var scales: [Float]? = nil
+        if sharedLRScale != 1 {
+            let shared = Set(store.trainableSegments { $0.group != "router" && Self.isSharedAdapter($0.name) }.map(\.offset))
+            scales = segments.map { shared.contains($0.offset) ? sharedLRScale : 1 }
+        }
+        parts.gradNorm = optimizer.apply(store, segments: segments, lr: lr, t: optimizerStep, scales: scales)
         guard parts.gradNorm.isFinite else {
             throw TrainingError.nonFinite(what: "gradient norm", step: optimizerStep, domain: domains.last?.name ?? "?")
         }

@@ -49,6 +49,9 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     /// Scales the gradient of shared bottleneck channels by (1 − protect · max_old |gate|):
     /// 1 = channels used by earlier domains are frozen (HAT-like), 0 = off.
     public var protectOldChannels: Float?
+    /// Learning-rate multiplier of the shared adapter (down and up projections) from the second
+    /// domain on; gates and heads keep the full rate. 1 = off, 0 = frozen after the first domain.
+    public var sharedLearningRateScale: Float?
     /// Router reads this layer's frozen hidden state (nil = first adapter layer).
     public var routerLayer: Int?
     // LoRA (baselines)
@@ -102,6 +105,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     public var routerBalanced: Bool
     /// true: softmax over every seen intent; false: over the example's domain.
     public var lossOverSeen: Bool
+    /// Shared adapter learning-rate multiplier after the first domain (nil = 1).
+    public var sharedLRScale: Float?
 
     public static func resolve(_ m: MethodConfig, training t: TrainingDefaults) throws -> MethodSettings {
         let arch = m.architecture ?? "adapter"
@@ -127,7 +132,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         loss.logitReplay = m.logitReplayWeight ?? (m.kind == .der ? 0.5 : 0)
         loss.anchor = m.anchorWeight ?? (m.kind == .dualReplay ? 0.1 : 0)
         loss.orthogonality = m.orthogonalityWeight ?? (m.kind == .olora ? 0.1 : 0)
-        let s = MethodSettings(
+        var s = MethodSettings(
             name: m.name ?? m.kind.rawValue, kind: m.kind,
             epochs: m.epochs ?? t.epochs, learningRate: m.learningRate ?? t.learningRate,
             batchSize: m.batchSize ?? t.batchSize,
@@ -140,6 +145,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
             samplingFloorWeight: m.samplingFloorWeight ?? 0.2, forgettingEMA: m.forgettingEMA ?? 0.5,
             routerBalanced: m.routerBalanced ?? true,
             lossOverSeen: (m.lossScope ?? ((m.router ?? (m.kind == .dualReplay)) ? "domain" : "seen")) == "seen")
+        s.sharedLRScale = m.sharedLearningRateScale
         if let scope = m.lossScope, scope != "domain" && scope != "seen" {
             throw ConfigError.invalid(field: "methods[\(s.name)].lossScope", reason: "must be \"domain\" or \"seen\", got \"\(scope)\"")
         }
@@ -159,6 +165,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try check(spec.loraRank >= 1, "loraRank", "must be >= 1")
         try check(gateMaskFraction > 0 && gateMaskFraction <= 1, "gateMaskFraction", "must be in (0, 1]")
         try check(protectOldChannels >= 0 && protectOldChannels <= 1, "protectOldChannels", "must be in [0, 1]")
+        try check((0...1).contains(sharedLRScale ?? 1), "sharedLearningRateScale", "must be in [0, 1]")
         try check(domainFraction >= 0 && domainFraction <= 1, "domainFraction", "must be in [0, 1]")
         try check(loss.logitReplay >= 0 && loss.anchor >= 0 && loss.orthogonality >= 0, "loss weights", "must be >= 0")
     }

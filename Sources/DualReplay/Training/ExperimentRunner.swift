@@ -328,6 +328,11 @@ public final class ExperimentRunner {
             m.store.setTrainable(false) { $0.group == "head" }
             m.store.setTrainable(true) { $0.name == "head.\(k).w" || $0.name == "head.\(k).b" }
         }
+        // the shared adapter learns at full rate on the first domain only (1 = always)
+        let scale = k == 0 ? 1 : (s.sharedLRScale ?? 1)
+        m.sharedLRScale = scale
+        if scale == 0 { m.store.setTrainable(false) { ContinualModel.isSharedAdapter($0.name) } }
+        m.rebuildViews()
     }
 
     /// HAT-like protection: bottleneck channels earlier domains use get a scaled-down gradient.
@@ -802,6 +807,9 @@ public final class ExperimentRunner {
         }
         for slot in m.adapterLayers.indices { m.store.setTrainableRows("adapter.\(slot).gates", nil) }
         m.store.setTrainable(true) { $0.group == "head" }
+        m.store.setTrainable(true) { ContinualModel.isSharedAdapter($0.name) }
+        m.sharedLRScale = 1
+        m.rebuildViews()
         progress("\(s.name): all \(order.count) domains at once (\(rows.count) examples)")
         let t0 = Date()
         let n = try trainPhase(m, s, examples: rows, replay: { _, _, _ in }, rng: &rng, label: s.name)

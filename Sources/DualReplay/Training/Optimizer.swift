@@ -55,9 +55,10 @@ public struct AdamWStep {
     public init(config: OptimizerConfig) { self.config = config }
 
     /// Global gradient norm over `segments`, clipping applied in place; then the update at step
-    /// `t` (1-based). Returns the norm before clipping (NaN/Inf means the step was not applied).
+    /// `t` (1-based), segment i at `lr · scales[i]` (parameter groups; nil = all at `lr`). Returns the norm before clipping (NaN/Inf means the step was not applied).
     @discardableResult
-    public func apply(_ store: ParameterStore, segments: [(offset: Int, count: Int, decay: Bool)], lr: Float, t: Int) -> Float {
+    public func apply(_ store: ParameterStore, segments: [(offset: Int, count: Int, decay: Bool)], lr: Float, t: Int,
+                      scales: [Float]? = nil) -> Float {
         var sq = 0.0
         for s in segments { sq += dr_sum_squares(store.grads.base + s.offset, Int64(s.count)) }
         let norm = Float(sq.squareRoot())
@@ -66,7 +67,8 @@ public struct AdamWStep {
             let scale = config.clipNorm / norm
             for s in segments { dr_scale(store.grads.base + s.offset, Int64(s.count), scale) }
         }
-        for s in segments {
+        for (i, s) in segments.enumerated() {
+            let lr = lr * (scales?[i] ?? 1)
             dr_adamw_update(store.values.base + s.offset, store.grads.base + s.offset, store.moment1.base + s.offset,
                             store.moment2.base + s.offset, Int64(s.count), lr, config.beta1, config.beta2, config.epsilon,
                             s.decay ? config.weightDecay : 0, Int64(t))
