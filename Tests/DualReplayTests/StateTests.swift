@@ -295,6 +295,28 @@ import Glibc
 
     // MARK: - export
 
+    /// With the router below the first adapter layer, prediction continues the gated pass from the
+    /// routing pass's layers: same predictions as a full pass with the routed gates.
+    @Test func predictionReusesTheRoutingPass() throws {
+        var cfg = Self.config()
+        cfg.methods[0].adapterLayers = [1]
+        cfg.methods[0].routerLayer = 1
+        let s = try ContinualState.create(config: cfg, encoder: try Self.encoder(), generalTexts: Self.general, modelPath: nil)
+        _ = try s.onboard(Self.domain("a", base: 0))
+        _ = try s.onboard(Self.domain("b", base: 6))
+        #expect(s.model.resumeLayer == 1)
+        let texts = ["w0 w31 w32", "w8 w30", "w39", "w7 w33 w34 w35"]
+        let preds = s.predict(texts)
+        let seqs = texts.map { s.encoder.tokenizer.encode($0) }
+        let full = s.model.logits(seqs, gateIds: preds.map { Int32($0.gate) })
+        let V = s.model.classCount
+        for (b, p) in preds.enumerated() {
+            let d = s.model.domains[p.gate]
+            let best = d.classRange.max { full[b * V + $0] < full[b * V + $1] }!
+            #expect(p.intent == d.intents[best - d.classOffset] && p.domain == d.name)
+        }
+    }
+
     @Test func exportWritesDocumentedNamesAndShapes() throws {
         let (dir, s) = try Self.savedState()
         defer { try? FileManager.default.removeItem(at: dir.deletingLastPathComponent()) }

@@ -404,9 +404,12 @@ public final class ContinualState {
             let B = seqs.count
             var probs: [Float]? = nil
             var gates = [Int32](repeating: Int32(K - 1), count: B)
+            let batch = PackedBatch(seqs)
+            var routed = false
             if let router = st.router {
                 if K > 1 {
-                    let p = router.probabilities(m.routerFeatures(PackedBatch(seqs)), count: B)
+                    routed = true
+                    let p = router.probabilities(m.routerFeatures(batch), count: B)
                     probs = p
                     for b in 0..<B { gates[b] = Int32((0..<K).max { p[b * K + $0] < p[b * K + $1] }!) }
                 } else {
@@ -414,7 +417,9 @@ public final class ContinualState {
                     gates = [Int32](repeating: 0, count: B)
                 }
             }
-            let lg = m.logits(seqs, gateIds: gates)
+            // the gated pass continues from the layers routing already ran (when they are gate-free)
+            let lg = routed && m.resumeLayer > 0 ? m.continueLogits(batch, gateIds: gates, fromLayer: m.resumeLayer)
+                                                  : m.logits(seqs, gateIds: gates)
             for b in 0..<B {
                 let row = Array(lg[(b * V)..<((b + 1) * V)])
                 var k = Int(gates[b])
