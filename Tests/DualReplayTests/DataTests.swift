@@ -472,6 +472,32 @@ struct DataTests {
         #expect(d.train.count == 9038 && d.val.count == 965 && d.test.count == 3080)
     }
 
+    /// `data.multiIntentFiles`: multi-intent test rows join the domain they name; rows with an
+    /// intent the domain does not train on are rejected naming the file, or dropped on request.
+    @Test func multiIntentFilesAttachToTheirDomain() throws {
+        let data = try write(validLines(), name: "single.jsonl")
+        let multi = try write([multiRow("alpha open and close", ["alpha_open", "alpha_close"], "alpha", "test"),
+                               multiRow("alpha open it and beta", ["alpha_open", "alpha_gone"], "alpha", "test"),
+                               multiRow("alpha val row", ["alpha_open", "alpha_close"], "alpha", "val"),
+                               row("alpha just open", "alpha_open", "alpha", "test")], name: "multi.jsonl")
+        var file = DataFileConfig(path: multi.path)
+        var cfg = DataConfig(files: [DataFileConfig(path: data.path)], general: nil)
+        cfg.multiIntentFiles = [file]
+        do {
+            _ = try ExperimentSetup.scenario(cfg)
+            Issue.record("an unknown intent was accepted")
+        } catch {
+            #expect(error.localizedDescription.contains(multi.path) && error.localizedDescription.contains("alpha_gone"), "\(error)")
+        }
+        file.unknownLabels = "drop"
+        cfg.multiIntentFiles = [file]
+        let (scenario, _) = try ExperimentSetup.scenario(cfg)
+        let alpha = scenario.domains[scenario.index(ofDomain: "alpha")!]
+        // only the test row with several known intents: not the val row, the single-intent row or the unknown one
+        #expect(alpha.multiIntentTest.map(\.text) == ["alpha open and close"])
+        #expect(scenario.domains[scenario.index(ofDomain: "beta")!].multiIntentTest.isEmpty)
+    }
+
     @Test func realChainedFifteenDomains() throws {
         let root = TestPaths.data
         let clinc = try IntentDataset.load(jsonl: TestPaths.require(root.appendingPathComponent("clinc150/clinc150.jsonl")))

@@ -238,6 +238,11 @@ public struct DataConfig: Codable, Equatable, Sendable {
     /// General-text JSONL for Dual-Replay's general stream (default: general/general.jsonl under
     /// the directory when present; the synthetic generator's general text otherwise).
     public var general: String?
+    /// Multi-intent test files (MixATIS/MixSNIPS format, `intents` lists): their test rows with
+    /// several intents become multi-intent test rows of the domain they name (after `domainPrefix`),
+    /// for the fragility diagnostic. `unknownLabels: "drop"` skips rows with an intent the domain
+    /// does not train on; the default rejects them.
+    public var multiIntentFiles: [DataFileConfig]?
     /// Subsample every domain's train/val/test to at most this many examples (quick runs).
     public var maxTrainPerDomain: Int?
     public var maxEvalPerDomain: Int?

@@ -564,11 +564,16 @@ public final class ExperimentRunner {
         let last = order.count - 1
         var out: [MultiIntentScore] = []
         for (j, d) in order.domains.enumerated() where !d.multiIntentTest.isEmpty {
-            let preds = routedPredictions(m, router: router, d.multiIntentTest.map { ids($0.text) }).map { p -> (domain: String, intent: String) in
+            var rows = d.multiIntentTest
+            if let cap = config.data.maxEvalPerDomain, rows.count > cap {
+                var rng = SplitMix64(seed: StableHash.of(d.name) &+ 0x3017)
+                rows = Array(rows.shuffled(using: &rng).prefix(cap))
+            }
+            let preds = routedPredictions(m, router: router, rows.map { ids($0.text) }).map { p -> (domain: String, intent: String) in
                 let dom = m.domains[p.domain]
                 return (dom.name, dom.intents[p.cls - dom.classOffset])
             }
-            let gold = d.multiIntentTest.map { (domain: d.name, intents: $0.intents) }
+            let gold = rows.map { (domain: d.name, intents: $0.intents) }
             out.append(Diagnostics.score(domain: d.name, predictions: preds, gold: gold,
                                          singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j]))
         }

@@ -59,7 +59,26 @@ public enum ExperimentSetup {
             general = SyntheticCorpus.generalText(count: 2000, seed: syn.seed &+ 1)
         }
         if let cap = cfg.maxTrainPerDomain { domains = domains.map { subsampleTrain($0, cap: cap) } }
-        return (try Scenario(domains: domains), general)
+        var scenario = try Scenario(domains: domains)
+        for f in cfg.multiIntentFiles ?? [] {
+            let url = f.path.hasPrefix("/") ? URL(fileURLWithPath: f.path) : dir.appendingPathComponent(f.path)
+            var o = LoadOptions()
+            o.domainPrefix = f.domainPrefix
+            if let ex = f.excludeDomains { o.excludedDomains = Set(ex) }
+            var rows = try IntentDataset.loadMultiIntentTest(jsonl: url, options: o)
+            if f.unknownLabels == "drop" {
+                rows = rows.filter { r in
+                    guard let i = scenario.index(ofDomain: r.domain) else { return true }
+                    return r.intents.allSatisfy { scenario.domains[i].globalLabel(of: $0) != nil }
+                }
+            }
+            do {
+                scenario = try scenario.attachingMultiIntentTest(rows)
+            } catch {
+                throw ConfigError.invalid(field: "data.multiIntentFiles[\(f.path)]", reason: "\(url.path): \(error.localizedDescription)")
+            }
+        }
+        return (scenario, general)
     }
 
     /// At most `cap` training examples, taken round-robin over intents (stratified, deterministic).
