@@ -18,19 +18,13 @@ public enum CrashInjection {
         guard let spec, let colon = spec.firstIndex(of: ":") else { return nil }
         let kind = spec[..<colon], arg = String(spec[spec.index(after: colon)...])
         switch kind {
-        case "step":
+        case "step", "interrupt":
             guard let n = Int(arg), n > 0 else { return nil }
+            let sig = kind == "step" ? SIGKILL : SIGINT
             var steps = 0
             return { _ in
                 steps += 1
-                if steps == n { kill(getpid(), SIGKILL) }
-            }
-        case "interrupt":
-            guard let n = Int(arg), n > 0 else { return nil }
-            var steps = 0
-            return { _ in
-                steps += 1
-                if steps == n { kill(getpid(), SIGINT) }
+                if steps == n { kill(getpid(), sig) }
             }
         case "rename":
             AtomicFile.faultInjection = { op in
