@@ -317,6 +317,41 @@ import Glibc
         }
     }
 
+    /// Head rescoring picks, among the candidates, the domain maximising log p_router + log max
+    /// softmax of its head (checked by brute force over every gate); threshold 0 = plain routing.
+    @Test func routerHeadRescoringPicksTheBestScoringDomain() throws {
+        let s = try ContinualState.create(config: Self.config(), encoder: try Self.encoder(), generalTexts: Self.general, modelPath: nil)
+        for (n, b) in [("a", 0), ("b", 6), ("c", 12)] { _ = try s.onboard(Self.domain(n, base: b)) }
+        let router = try #require(s.router)
+        let m = s.model, K = m.domains.count, V = m.classCount
+        let texts = ["w0 w31 w32", "w8 w30", "w39", "w7 w33 w34 w35", "w13 w2", "w16 w17 w30", "w31 w32 w33"]
+        let seqs = texts.map { s.encoder.tokenizer.encode($0) }
+        let plain = router.route(seqs)
+        router.rescoreTopK = K
+        router.rescoreThreshold = 0
+        #expect(router.routeRescored(seqs).domains == plain)
+        router.rescoreThreshold = 1
+        let (chosen, logits) = router.routeRescored(seqs)
+        let p = router.probabilities(router.features(seqs).flatMap { $0 }, count: seqs.count)
+        for (b, seq) in seqs.enumerated() {
+            var scores: [Float] = []
+            for d in 0..<K {
+                let lg = m.logits([seq], gateIds: [Int32(d)])
+                let r = m.domains[d].classRange
+                let top = r.map { lg[$0] }.max()!
+                scores.append(logf(p[b * K + d]) - logf(r.reduce(0) { $0 + expf(lg[$1] - top) }))
+            }
+            let best = (0..<K).max { scores[$0] < scores[$1] }!
+            #expect(Int(chosen[b]) == best, "row \(b): scores \(scores)")
+            let own = m.logits([seq], gateIds: [chosen[b]])
+            // the chosen domain's logits (batch shapes differ: equal up to rounding)
+            #expect(zip(logits[(b * V)..<((b + 1) * V)], own).allSatisfy { abs($0 - $1) < 1e-5 })
+        }
+        // prediction follows the same rule
+        let preds = s.predict(texts)
+        #expect(preds.map { Int32($0.gate) } == chosen)
+    }
+
     @Test func exportWritesDocumentedNamesAndShapes() throws {
         let (dir, s) = try Self.savedState()
         defer { try? FileManager.default.removeItem(at: dir.deletingLastPathComponent()) }

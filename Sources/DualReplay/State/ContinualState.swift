@@ -417,9 +417,15 @@ public final class ContinualState {
                     gates = [Int32](repeating: 0, count: B)
                 }
             }
-            // the gated pass continues from the layers routing already ran (when they are gate-free)
-            let lg = routed && m.resumeLayer > 0 ? m.continueLogits(batch, gateIds: gates, fromLayer: m.resumeLayer)
-                                                  : m.logits(seqs, gateIds: gates)
+            // the gated pass continues from the layers routing already ran (when they are gate-free);
+            // with head rescoring, uncertain routes also run their next candidates' passes
+            var lg: [Float]
+            if routed, let router = st.router, router.rescoreTopK > 1, let p = probs {
+                (gates, lg) = router.rescore(seqs, probabilities: p)
+            } else {
+                lg = routed && m.resumeLayer > 0 ? m.continueLogits(batch, gateIds: gates, fromLayer: m.resumeLayer)
+                                                 : m.logits(seqs, gateIds: gates)
+            }
             for b in 0..<B {
                 let row = Array(lg[(b * V)..<((b + 1) * V)])
                 var k = Int(gates[b])

@@ -52,6 +52,11 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     /// Learning-rate multiplier of the shared adapter (down and up projections) from the second
     /// domain on; gates and heads keep the full rate. 1 = off, 0 = frozen after the first domain.
     public var sharedLearningRateScale: Float?
+    /// Head rescoring at inference: a sequence whose top router probability is below
+    /// `routerRescoreThreshold` (default 0.9) is also scored by its next domains' gated passes,
+    /// up to `routerRescoreTopK` candidates in all (default 1 = off).
+    public var routerRescoreTopK: Int?
+    public var routerRescoreThreshold: Float?
     /// Router reads this layer's frozen hidden state (nil = first adapter layer).
     public var routerLayer: Int?
     // LoRA (baselines)
@@ -107,6 +112,9 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     public var lossOverSeen: Bool
     /// Shared adapter learning-rate multiplier after the first domain (nil = 1).
     public var sharedLRScale: Float?
+    /// Router head rescoring (nil = off / 0.9).
+    public var routerRescoreTopK: Int?
+    public var routerRescoreThreshold: Float?
 
     public static func resolve(_ m: MethodConfig, training t: TrainingDefaults) throws -> MethodSettings {
         let arch = m.architecture ?? "adapter"
@@ -146,6 +154,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
             routerBalanced: m.routerBalanced ?? true,
             lossOverSeen: (m.lossScope ?? ((m.router ?? (m.kind == .dualReplay)) ? "domain" : "seen")) == "seen")
         s.sharedLRScale = m.sharedLearningRateScale
+        s.routerRescoreTopK = m.routerRescoreTopK
+        s.routerRescoreThreshold = m.routerRescoreThreshold
         if let scope = m.lossScope, scope != "domain" && scope != "seen" {
             throw ConfigError.invalid(field: "methods[\(s.name)].lossScope", reason: "must be \"domain\" or \"seen\", got \"\(scope)\"")
         }
@@ -166,6 +176,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try check(gateMaskFraction > 0 && gateMaskFraction <= 1, "gateMaskFraction", "must be in (0, 1]")
         try check(protectOldChannels >= 0 && protectOldChannels <= 1, "protectOldChannels", "must be in [0, 1]")
         try check((0...1).contains(sharedLRScale ?? 1), "sharedLearningRateScale", "must be in [0, 1]")
+        try check((routerRescoreTopK ?? 1) >= 1, "routerRescoreTopK", "must be >= 1")
+        try check((0...1).contains(routerRescoreThreshold ?? 0.9), "routerRescoreThreshold", "must be in [0, 1]")
         try check(domainFraction >= 0 && domainFraction <= 1, "domainFraction", "must be in [0, 1]")
         try check(loss.logitReplay >= 0 && loss.anchor >= 0 && loss.orthogonality >= 0, "loss weights", "must be >= 0")
     }

@@ -305,6 +305,13 @@ public final class ExperimentRunner {
 
     // MARK: - building blocks
 
+    func makeRouter(_ m: ContinualModel, _ s: MethodSettings) -> DomainRouter {
+        let r = DomainRouter(model: m)
+        r.rescoreTopK = s.routerRescoreTopK ?? 1
+        r.rescoreThreshold = s.routerRescoreThreshold ?? 0.9
+        return r
+    }
+
     func makeModel(_ s: MethodSettings, seed: UInt64) -> ContinualModel {
         ContinualModel(base: encoder.weights, spec: s.spec, seed: seed &* 7919 &+ 17)
     }
@@ -457,7 +464,14 @@ public final class ExperimentRunner {
             let oracle = m.logits(part, gateIds: [Int32](repeating: Int32(j), count: B))
             let r = m.domains[j].classRange
             for b in 0..<B { oraclePred.append(Int32(r.max { oracle[b * V + $0] < oracle[b * V + $1] }!)) }
-            if let router {
+            if let router, router.rescoreTopK > 1 {
+                let (routes, lg) = router.routeRescored(part)
+                routerCorrect += routes.filter { $0 == Int32(j) }.count
+                for b in 0..<B {
+                    let rr = m.domains[Int(routes[b])].classRange
+                    routedPred.append(Int32(rr.max { lg[b * V + $0] < lg[b * V + $1] }!))
+                }
+            } else if let router {
                 let routes = router.route(part)
                 routerCorrect += routes.filter { $0 == Int32(j) }.count
                 // correctly routed rows have exactly the oracle's logits (same gate and head);
@@ -521,8 +535,7 @@ public final class ExperimentRunner {
             let part = Array(seqs[start..<min(seqs.count, start + 64)])
             let B = part.count
             if let router {
-                let routes = router.route(part)
-                let lg = m.logits(part, gateIds: routes)
+                let (routes, lg) = router.routeRescored(part)
                 for b in 0..<B {
                     let k = Int(routes[b]), r = m.domains[k].classRange
                     out.append((k, r.max { lg[b * V + $0] < lg[b * V + $1] }!))
@@ -630,7 +643,7 @@ public final class ExperimentRunner {
     /// A fresh model, router and buffers for method `s`; Dual-Replay's general stream is filled here.
     func makeSequentialState(_ s: MethodSettings, seed: UInt64) throws -> SequentialState {
         let m = makeModel(s, seed: seed)
-        let st = SequentialState(model: m, router: s.router ? DomainRouter(model: m) : nil, rng: SplitMix64(seed: seed &+ 0x5EED))
+        let st = SequentialState(model: m, router: s.router ? makeRouter(m, s) : nil, rng: SplitMix64(seed: seed &+ 0x5EED))
         if s.kind == .loraReplay || s.kind == .der { st.reservoir = ReservoirBuffer(byteBudget: byteBudget, seed: seed) }
         if s.kind == .dualReplay {
             let dual = try DualStreamBuffer(config: DualStreamConfig(byteBudget: byteBudget, domainFraction: s.domainFraction,
@@ -803,7 +816,7 @@ public final class ExperimentRunner {
     /// All domains at once (multi-task upper bound); one row in the matrices.
     func runJoint(_ s: MethodSettings, order: Scenario, seed: UInt64) throws -> RunResult {
         let m = makeModel(s, seed: seed)
-        let router = s.router ? DomainRouter(model: m) : nil
+        let router = s.router ? makeRouter(m, s) : nil
         var rng = SplitMix64(seed: seed &+ 0x1017)
         var rows: [(ids: [Int32], domain: Int, label: Int32)] = []
         for (k, d) in order.domains.enumerated() {

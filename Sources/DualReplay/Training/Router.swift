@@ -139,6 +139,7 @@ public final class DomainRouter {
     /// adds only the frozen layers between the prefix and `routerLayer`. Returns per sequence the
     /// routed domain and logits over all seen classes (B,V).
     public func routeAndScore(_ sequences: [[Int32]]) -> (domains: [Int32], logits: [Float]) {
+        if rescoreTopK > 1 { return routeRescored(sequences, cached: false) }
         let batch = PackedBatch(sequences)
         let K = domainCount
         var gates = [Int32](repeating: 0, count: batch.count)
@@ -148,6 +149,56 @@ public final class DomainRouter {
             for b in 0..<batch.count { gates[b] = Int32((0..<K).max { p[b * K + $0] < p[b * K + $1] }!) }
         }
         return (gates, model.continueLogits(batch, gateIds: gates, fromLayer: K > 1 ? model.resumeLayer : 0))
+    }
+
+    /// Head rescoring of uncertain routes (`routeRescored`): off when `rescoreTopK` is 1.
+    public var rescoreTopK = 1
+    public var rescoreThreshold: Float = 0.9
+
+    /// Routing with head rescoring: a sequence whose top router probability is below
+    /// `rescoreThreshold` also runs the gated pass of its next `rescoreTopK − 1` domains, and the
+    /// domain d maximising log p_router(d) + log max softmax(head_d) wins, so the domains' own
+    /// heads settle what the router is unsure of. Costs one extra gated pass per extra candidate,
+    /// for the uncertain sequences only. `cached` reuses router features (evaluation); a live
+    /// request computes them (`routeAndScore`). Returns the domains and logits (B,V) under them.
+    public func routeRescored(_ sequences: [[Int32]], cached: Bool = true) -> (domains: [Int32], logits: [Float]) {
+        let B = sequences.count, K = domainCount, V = model.classCount
+        guard K > 1 else { return ([Int32](repeating: 0, count: B), model.logits(sequences, gateIds: [Int32](repeating: 0, count: B))) }
+        let feats = cached ? features(sequences).flatMap { $0 } : model.routerFeatures(PackedBatch(sequences))
+        return rescore(sequences, probabilities: probabilities(feats, count: B))
+    }
+
+    /// `routeRescored` with the router's probabilities (B,K) already computed.
+    public func rescore(_ sequences: [[Int32]], probabilities p: [Float]) -> (domains: [Int32], logits: [Float]) {
+        let B = sequences.count, K = domainCount, V = model.classCount
+        let ranked = (0..<B).map { b in (0..<K).sorted { p[b * K + $0] > p[b * K + $1] } }
+        var gates = ranked.map { Int32($0[0]) }
+        var logits = model.logits(sequences, gateIds: gates)
+        let extra = min(rescoreTopK, K) - 1
+        let uncertain = (0..<B).filter { p[$0 * K + ranked[$0][0]] < rescoreThreshold }
+        guard extra > 0, !uncertain.isEmpty else { return (gates, logits) }
+        func score(_ row: ArraySlice<Float>, domain d: Int, prob: Float) -> Float {
+            let r = model.domains[d].classRange
+            let top = r.map { row[row.startIndex + $0] }.max()!
+            var z: Float = 0
+            for c in r { z += expf(row[row.startIndex + c] - top) }
+            return logf(max(prob, 1e-12)) - logf(z)  // log p(d) + log max softmax
+        }
+        var best = uncertain.map { b in score(logits[(b * V)..<((b + 1) * V)], domain: Int(gates[b]), prob: p[b * K + Int(gates[b])]) }
+        for rank in 1...extra {
+            let cand = uncertain.map { Int32(ranked[$0][rank]) }
+            let lg = model.logits(uncertain.map { sequences[$0] }, gateIds: cand)
+            for (i, b) in uncertain.enumerated() {
+                let d = Int(cand[i])
+                let sc = score(lg[(i * V)..<((i + 1) * V)], domain: d, prob: p[b * K + d])
+                if sc > best[i] {
+                    best[i] = sc
+                    gates[b] = cand[i]
+                    for c in 0..<V { logits[b * V + c] = lg[i * V + c] }
+                }
+            }
+        }
+        return (gates, logits)
     }
 
     /// Drops cached features (e.g. when the base model changes — it never does for adapters).
