@@ -57,6 +57,10 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     /// up to `routerRescoreTopK` candidates in all (default 1 = off).
     public var routerRescoreTopK: Int?
     public var routerRescoreThreshold: Float?
+    /// After each domain, refit every earlier domain's head on its buffered examples under its own
+    /// gate for this many Adam steps (full batch; encoder and adapter untouched): realigns heads
+    /// whose features drifted (the probe's "alignment drift"). 0 = off.
+    public var realignHeadSteps: Int?
     /// Router reads this layer's frozen hidden state (nil = first adapter layer).
     public var routerLayer: Int?
     // LoRA (baselines)
@@ -112,6 +116,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     public var lossOverSeen: Bool
     /// Shared adapter learning-rate multiplier after the first domain (nil = 1).
     public var sharedLRScale: Float?
+    /// Head realignment steps after each domain (nil = off).
+    public var realignHeadSteps: Int?
     /// Router head rescoring (nil = off / 0.9).
     public var routerRescoreTopK: Int?
     public var routerRescoreThreshold: Float?
@@ -155,6 +161,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
             lossOverSeen: (m.lossScope ?? ((m.router ?? (m.kind == .dualReplay)) ? "domain" : "seen")) == "seen")
         s.sharedLRScale = m.sharedLearningRateScale
         s.routerRescoreTopK = m.routerRescoreTopK
+        s.realignHeadSteps = m.realignHeadSteps
         s.routerRescoreThreshold = m.routerRescoreThreshold
         if let scope = m.lossScope, scope != "domain" && scope != "seen" {
             throw ConfigError.invalid(field: "methods[\(s.name)].lossScope", reason: "must be \"domain\" or \"seen\", got \"\(scope)\"")
@@ -177,6 +184,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try check(protectOldChannels >= 0 && protectOldChannels <= 1, "protectOldChannels", "must be in [0, 1]")
         try check((0...1).contains(sharedLRScale ?? 1), "sharedLearningRateScale", "must be in [0, 1]")
         try check((routerRescoreTopK ?? 1) >= 1, "routerRescoreTopK", "must be >= 1")
+        try check((realignHeadSteps ?? 0) >= 0, "realignHeadSteps", "must be >= 0")
         try check((0...1).contains(routerRescoreThreshold ?? 0.9), "routerRescoreThreshold", "must be in [0, 1]")
         try check(domainFraction >= 0 && domainFraction <= 1, "domainFraction", "must be in [0, 1]")
         try check(loss.logitReplay >= 0 && loss.anchor >= 0 && loss.orthogonality >= 0, "loss weights", "must be >= 0")

@@ -342,6 +342,55 @@ public final class ExperimentRunner {
         m.rebuildViews()
     }
 
+    /// Refits head `j` (weights and bias, from their current values) on buffered examples of
+    /// domain j: pooled features under gate j, softmax cross-entropy over j's intents, `steps`
+    /// full-batch Adam steps. Encoder, adapter and gates are untouched, so only the head's
+    /// alignment to the current features changes; its AdamW moments are left as they were.
+    func realignHead(_ m: ContinualModel, domain j: Int, items: [ReplayItem], steps: Int, lr: Float) {
+        let d = m.domains[j], n = d.intents.count, C = m.config.hidden
+        let rows = items.filter { Int($0.label) >= d.classOffset && Int($0.label) < d.classOffset + n }
+        guard rows.count >= 2 else { return }
+        var x: [Float] = []
+        for start in stride(from: 0, to: rows.count, by: 64) {
+            let part = rows[start..<min(rows.count, start + 64)].map(\.tokenIds)
+            x += m.pooled(part, gateIds: [Int32](repeating: Int32(j), count: part.count))
+        }
+        let y = rows.map { Int($0.label) - d.classOffset }, N = rows.count
+        let W = m.store.value("head.\(j).w"), b = m.store.value("head.\(j).b")
+        var mW = [Float](repeating: 0, count: n * C), vW = mW, mb = [Float](repeating: 0, count: n), vb = mb
+        var gW = mW, gb = mb, z = [Float](repeating: 0, count: n)
+        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        for t in 1...steps {
+            for i in gW.indices { gW[i] = 0 }
+            for i in gb.indices { gb[i] = 0 }
+            for r in 0..<N {
+                let xr = r * C
+                for c in 0..<n {
+                    var acc = b[c]
+                    for k in 0..<C { acc += W[c * C + k] * x[xr + k] }
+                    z[c] = acc
+                }
+                let mx = z.max()!
+                var sum: Float = 0
+                for c in 0..<n { z[c] = expf(z[c] - mx); sum += z[c] }
+                for c in 0..<n {
+                    let g = (z[c] / sum - (c == y[r] ? 1 : 0)) / Float(N)
+                    gb[c] += g
+                    for k in 0..<C { gW[c * C + k] += g * x[xr + k] }
+                }
+            }
+            let c1 = 1 - powf(b1, Float(t)), c2 = 1 - powf(b2, Float(t))
+            for i in 0..<(n * C) {
+                mW[i] = b1 * mW[i] + (1 - b1) * gW[i]; vW[i] = b2 * vW[i] + (1 - b2) * gW[i] * gW[i]
+                W[i] -= lr * (mW[i] / c1) / ((vW[i] / c2).squareRoot() + eps)
+            }
+            for i in 0..<n {
+                mb[i] = b1 * mb[i] + (1 - b1) * gb[i]; vb[i] = b2 * vb[i] + (1 - b2) * gb[i] * gb[i]
+                b[i] -= lr * (mb[i] / c1) / ((vb[i] / c2).squareRoot() + eps)
+            }
+        }
+    }
+
     /// HAT-like protection: bottleneck channels earlier domains use get a scaled-down gradient.
     func protectChannels(_ m: ContinualModel, _ s: MethodSettings, current k: Int) {
         guard s.protectOldChannels > 0, k > 0 else { return }
@@ -732,6 +781,12 @@ public final class ExperimentRunner {
                 ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
             }
             try dual.addDomain(Int32(k), items: items, forgetting: forgetting)
+        }
+        if let steps = s.realignHeadSteps, steps > 0, k > 0 {
+            for j in 0..<k {
+                let items = dual?.items(of: Int32(j)) ?? reservoir?.items.filter { $0.domain == Int32(j) } ?? []
+                realignHead(m, domain: j, items: items, steps: steps, lr: s.learningRate)
+            }
         }
         if let router {
             var buffered: [ReplayItem] = []
