@@ -178,15 +178,9 @@ public enum StateDirectory {
 
     /// FNV-1a 64, 16 hex digits.
     public static func fnv1a64(_ data: Data) -> String {
-        var h: UInt64 = 0xCBF2_9CE4_8422_2325
-        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-            for b in raw {
-                h ^= UInt64(b)
-                h = h &* 0x0000_0100_0000_01B3
-            }
-        }
-        let s = String(h, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
+        var h = FNV64()
+        h.add(data)
+        return h.hex
     }
 
     static func jsonEncoder() -> JSONEncoder {

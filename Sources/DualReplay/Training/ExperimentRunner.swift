@@ -350,45 +350,35 @@ public final class ExperimentRunner {
         let d = m.domains[j], n = d.intents.count, C = m.config.hidden
         let rows = items.filter { Int($0.label) >= d.classOffset && Int($0.label) < d.classOffset + n }
         guard rows.count >= 2 else { return }
-        var x: [Float] = []
-        for start in stride(from: 0, to: rows.count, by: 64) {
-            let part = rows[start..<min(rows.count, start + 64)].map(\.tokenIds)
-            x += m.pooled(part, gateIds: [Int32](repeating: Int32(j), count: part.count))
-        }
-        let y = rows.map { Int($0.label) - d.classOffset }, N = rows.count
+        let N = rows.count
+        let x = pooled(m, rows.map(\.tokenIds), gate: j)
+        let labels = rows.map { $0.label - Int32(d.classOffset) }
         let W = m.store.value("head.\(j).w"), b = m.store.value("head.\(j).b")
-        var mW = [Float](repeating: 0, count: n * C), vW = mW, mb = [Float](repeating: 0, count: n), vb = mb
-        var gW = mW, gb = mb, z = [Float](repeating: 0, count: n)
-        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        var mW = [Float](repeating: 0, count: n * C), vW = mW, gW = mW, mb = [Float](repeating: 0, count: n), vb = mb, gb = mb
+        var logits = [Float](repeating: 0, count: N * n), dlogits = logits, losses = [Float](repeating: 0, count: N)
+        let opt = training.optimizer
         for t in 1...steps {
-            for i in gW.indices { gW[i] = 0 }
-            for i in gb.indices { gb[i] = 0 }
-            for r in 0..<N {
-                let xr = r * C
-                for c in 0..<n {
-                    var acc = b[c]
-                    for k in 0..<C { acc += W[c * C + k] * x[xr + k] }
-                    z[c] = acc
-                }
-                let mx = z.max()!
-                var sum: Float = 0
-                for c in 0..<n { z[c] = expf(z[c] - mx); sum += z[c] }
-                for c in 0..<n {
-                    let g = (z[c] / sum - (c == y[r] ? 1 : 0)) / Float(N)
-                    gb[c] += g
-                    for k in 0..<C { gW[c * C + k] += g * x[xr + k] }
-                }
-            }
-            let c1 = 1 - powf(b1, Float(t)), c2 = 1 - powf(b2, Float(t))
-            for i in 0..<(n * C) {
-                mW[i] = b1 * mW[i] + (1 - b1) * gW[i]; vW[i] = b2 * vW[i] + (1 - b2) * gW[i] * gW[i]
-                W[i] -= lr * (mW[i] / c1) / ((vW[i] / c2).squareRoot() + eps)
-            }
-            for i in 0..<n {
-                mb[i] = b1 * mb[i] + (1 - b1) * gb[i]; vb[i] = b2 * vb[i] + (1 - b2) * gb[i] * gb[i]
-                b[i] -= lr * (mb[i] / c1) / ((vb[i] / c2).squareRoot() + eps)
-            }
+            // logits = x·Wᵀ + b; dlogits = (softmax − onehot)/N; gW = dlogitsᵀ·x; gb = Σ_rows dlogits
+            for r in 0..<N { for c in 0..<n { logits[r * n + c] = b[c] } }
+            dr_sgemm(0, 1, Int64(N), Int64(n), Int64(C), 1, x, Int64(C), W, Int64(C), 1, &logits, Int64(n))
+            _ = dr_softmax_xent_forward_backward(&losses, &dlogits, nil, logits, labels, nil, nil, nil, Int64(N), Int64(n))
+            dr_sgemm(1, 0, Int64(n), Int64(C), Int64(N), 1, dlogits, Int64(n), x, Int64(C), 0, &gW, Int64(C))
+            for c in 0..<n { gb[c] = 0 }
+            for r in 0..<N { for c in 0..<n { gb[c] += dlogits[r * n + c] } }
+            dr_adamw_update(W, gW, &mW, &vW, Int64(n * C), lr, opt.beta1, opt.beta2, opt.epsilon, 0, Int64(t))
+            dr_adamw_update(b, gb, &mb, &vb, Int64(n), lr, opt.beta1, opt.beta2, opt.epsilon, 0, Int64(t))
         }
+    }
+
+    /// Pooled outputs (B·C) of sequences under one gate, in chunks of 64.
+    func pooled(_ m: ContinualModel, _ seqs: [[Int32]], gate: Int) -> [Float] {
+        var x: [Float] = []
+        x.reserveCapacity(seqs.count * m.config.hidden)
+        for start in stride(from: 0, to: seqs.count, by: 64) {
+            let part = Array(seqs[start..<min(seqs.count, start + 64)])
+            x += m.pooled(part, gateIds: [Int32](repeating: Int32(gate), count: part.count))
+        }
+        return x
     }
 
     /// HAT-like protection: bottleneck channels earlier domains use get a scaled-down gradient.
@@ -514,12 +504,9 @@ public final class ExperimentRunner {
             let r = m.domains[j].classRange
             for b in 0..<B { oraclePred.append(Int32(r.max { oracle[b * V + $0] < oracle[b * V + $1] }!)) }
             if let router, router.rescoreTopK > 1 {
-                let (routes, lg) = router.routeRescored(part)
-                routerCorrect += routes.filter { $0 == Int32(j) }.count
-                for b in 0..<B {
-                    let rr = m.domains[Int(routes[b])].classRange
-                    routedPred.append(Int32(rr.max { lg[b * V + $0] < lg[b * V + $1] }!))
-                }
+                let preds = routedPredictions(m, router: router, part)
+                routerCorrect += preds.filter { $0.domain == j }.count
+                routedPred += preds.map { Int32($0.cls) }
             } else if let router {
                 let routes = router.route(part)
                 routerCorrect += routes.filter { $0 == Int32(j) }.count
@@ -604,14 +591,7 @@ public final class ExperimentRunner {
     /// what the representation still holds, whatever its head makes of it.
     func probeF1(_ m: ContinualModel, domain j: Int, _ d: ScenarioDomain) -> Double {
         func features(_ rows: [IntentExample]) -> (x: [Float], y: [Int32]) {
-            var x: [Float] = [], y: [Int32] = []
-            let seqs = rows.map { ids($0.text) }
-            for start in stride(from: 0, to: seqs.count, by: 64) {
-                let part = Array(seqs[start..<min(seqs.count, start + 64)])
-                x += m.pooled(part, gateIds: [Int32](repeating: Int32(j), count: part.count))
-            }
-            for r in rows { y.append(Int32(d.intents.firstIndex(of: r.intent)!)) }
-            return (x, y)
+            (pooled(m, rows.map { ids($0.text) }, gate: j), rows.map { d.globalLabel(of: $0.intent)! - d.labelOffset })
         }
         var rng = SplitMix64(seed: StableHash.of(d.name) &+ 0x9B0B)
         let cap = config.probeTrainPerDomain ?? 600
