@@ -134,6 +134,15 @@ void dr_router_backward(float *dinp, float *dW1, float *db1, float *dW2, float *
                         const float *h_act, const float *inp, const float *W1, const float *W2,
                         const float *dropout_mask, int64_t B, int64_t C, int64_t Hd, int64_t K);
 
+// Prototype routing: out[b,d] = log Σ_{c: class_domain[c]=d} softmax_c(cos(x_b, P_c) / tau), the
+// log-probability of domain d when every seen class c has a prototype P_c (a mean frozen feature).
+// out (B,K); x (B,C); protos (V,C); class_domain (V) in [0,K); scratch (dr_prototype_scratch_size).
+// A zero row (of x or P) has cosine 0; a domain without classes gets -1e30.
+int64_t dr_prototype_scratch_size(int64_t B, int64_t V, int64_t K);
+void dr_prototype_logprob(float *out, float *scratch, const float *x, const float *protos,
+                          const int32_t *class_domain, float tau, int64_t B, int64_t C, int64_t V,
+                          int64_t K);
+
 // ---------------------------------------------------------------------------------------------
 // Optimizer and gradient utilities (adamw.c). All flat loops over one arena.
 

@@ -30,9 +30,18 @@ enum TestPaths {
         return url
     }
 
-    /// A fresh temporary directory, removed by the caller.
+    /// One directory per test process holding every `tempDir`; removed when the process exits,
+    /// so tests that stop early (or forget) leave nothing behind.
+    static let temporaryRoot: URL = {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("dr-tests-\(getpid())-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(at: TestPaths.temporaryRoot) }
+        return root
+    }()
+
+    /// A fresh temporary directory (inside `temporaryRoot`; callers may remove it earlier).
     static func tempDir() throws -> URL {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("dr-test-\(UUID().uuidString)")
+        let d = temporaryRoot.appendingPathComponent("dr-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
         return d
     }

@@ -27,6 +27,9 @@ public struct ExportConfig: Codable, Equatable, Sendable {
     /// The router reads the mean-pooled hidden_states[routerLayer] (0 = embeddings output); nil = no router.
     public var routerLayer: Int?
     public var routerHidden: Int?
+    /// Prototype routing (nil = the MLP alone decides): `router.proto` holds one row per global
+    /// class; see `PrototypeRouting` for how its cosine scores combine with the MLP.
+    public var routerPrototypes: PrototypeRouting?
     public var domains: [Domain]
     /// Every tensor in the file with its shape.
     public var tensors: [String: [Int]]
@@ -50,6 +53,7 @@ extension ContinualState {
             method: settings.kind.rawValue, placement: spec.placement.rawValue, activation: spec.activation.rawValue,
             bottleneck: spec.bottleneck, adapterLayers: m.adapterLayers, routerLayer: router == nil ? nil : m.routerLayer,
             routerHidden: router == nil ? nil : spec.routerHidden,
+            routerPrototypes: router == nil ? nil : spec.routerPrototypes,
             domains: manifest.domains.enumerated().map { ExportConfig.Domain(name: $1.name, index: $0, intents: $1.intents, classOffset: $1.classOffset) },
             tensors: shapes)
         try w.write(to: url)

@@ -35,8 +35,33 @@ public struct ModelSpec: Codable, Equatable, Sendable {
     public var routerHidden: Int = 256
     public var routerLayer: Int? = nil
     public var routerDropout: Float = 0.1
+    /// Prototype routing (nil = off): the router also keeps, per seen intent, the mean router
+    /// feature of its training utterances (`router.proto`, not trained) and scores domains by
+    /// cosine similarity to them (`DomainRouter.probabilities`).
+    public var routerPrototypes: PrototypeRouting? = nil
 
     public init() {}
+}
+
+/// How the router uses its intent prototypes. Router features come from the frozen encoder, so a
+/// prototype computed when its domain is learned stays exact however many domains follow: unlike
+/// the MLP, which sees earlier domains only through the replay buffer, it cannot forget.
+public struct PrototypeRouting: Codable, Equatable, Sendable {
+    public enum Mode: String, Codable, Sendable, CaseIterable {
+        /// p(d|x) = p_proto(d|x): the MLP is trained and reported but does not decide.
+        case only
+        /// log p(d|x) = log p_mlp(d|x) + weight · log p_proto(d|x), renormalised over domains.
+        case fused
+    }
+    public var mode: Mode
+    /// p_proto(d|x) = Σ_{c ∈ d} softmax_c(cos(x, P_c) / temperature).
+    public var temperature: Float
+    public var weight: Float
+    public init(mode: Mode, temperature: Float = 0.02, weight: Float = 2) {
+        self.mode = mode
+        self.temperature = temperature
+        self.weight = weight
+    }
 }
 
 /// A seen domain: its global class range in the head matrix.
@@ -114,6 +139,8 @@ public final class ContinualModel {
     public private(set) var domains: [DomainSlot] = []
     public var config: BertConfig { base.config }
     public var classCount: Int { domains.last.map { $0.classOffset + $0.intents.count } ?? 0 }
+    /// Floats of the router's intent prototypes (frozen statistics, not trained; 0 when off).
+    public var prototypeFloats: Int { store.contains("router.proto") ? store.tensor("router.proto").count : 0 }
     public let adapterLayers: [Int]
     public private(set) var loraSets = 0
     public var optimizerStep = 0
@@ -164,6 +191,9 @@ public final class ContinualModel {
         store.add("router.b1", shape: [Hd], group: "router") { _ in 0 }
         store.add("router.w2", shape: [0, Hd], group: "router", decay: true) { _ in 0 }
         store.add("router.b2", shape: [0], group: "router") { _ in 0 }
+        if spec.routerPrototypes != nil {
+            store.add("router.proto", shape: [0, C], group: "router", trainable: false) { _ in 0 }
+        }
         rngState = rng
         rebuildViews()
     }
@@ -222,6 +252,7 @@ public final class ContinualModel {
         store.add("head.\(k).b", shape: [n], group: "head") { _ in 0 }
         store.appendRows("router.w2", rows: 1) { _ in rng.nextGaussian() / Float(spec.routerHidden).squareRoot() }
         store.appendRows("router.b2", rows: 1) { _ in 0 }
+        if spec.routerPrototypes != nil { store.appendRows("router.proto", rows: n) { _ in 0 } }
         if spec.loraPerDomain {
             store.setTrainable(false) { $0.group == "lora" }
             addLoRASet(&rng)

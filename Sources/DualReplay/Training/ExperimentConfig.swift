@@ -63,6 +63,13 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     public var realignHeadSteps: Int?
     /// Router reads this layer's frozen hidden state (nil = first adapter layer).
     public var routerLayer: Int?
+    /// Prototype routing: "off" (default), "only" or "fused" (`PrototypeRouting`): every seen
+    /// intent keeps the mean router feature of its training utterances, and domains are scored
+    /// by cosine similarity to them; "fused" multiplies the MLP's probabilities by
+    /// p_proto^`routerPrototypeWeight`.
+    public var routerPrototypes: String?
+    public var routerPrototypeTemperature: Float?
+    public var routerPrototypeWeight: Float?
     // LoRA (baselines)
     public var loraRank: Int?
     public var loraAlpha: Float?
@@ -142,6 +149,16 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         spec.loraRank = m.loraRank ?? 8
         spec.loraAlpha = m.loraAlpha ?? 16
         spec.routerLayer = m.routerLayer
+        switch m.routerPrototypes ?? "off" {
+        case "off": break
+        case let mode:
+            guard let md = PrototypeRouting.Mode(rawValue: mode) else {
+                throw ConfigError.invalid(field: "methods[\(m.name ?? m.kind.rawValue)].routerPrototypes",
+                                          reason: "must be \"off\", \"only\" or \"fused\", got \"\(mode)\"")
+            }
+            spec.routerPrototypes = PrototypeRouting(mode: md, temperature: m.routerPrototypeTemperature ?? 0.02,
+                                                     weight: m.routerPrototypeWeight ?? 2)
+        }
         var loss = LossWeights()
         loss.logitReplay = m.logitReplayWeight ?? (m.kind == .der ? 0.5 : 0)
         loss.anchor = m.anchorWeight ?? (m.kind == .dualReplay ? 0.1 : 0)
@@ -187,6 +204,10 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try check((realignHeadSteps ?? 0) >= 0, "realignHeadSteps", "must be >= 0")
         try check((0...1).contains(routerRescoreThreshold ?? 0.9), "routerRescoreThreshold", "must be in [0, 1]")
         try check(domainFraction >= 0 && domainFraction <= 1, "domainFraction", "must be in [0, 1]")
+        if let p = spec.routerPrototypes {
+            try check(p.temperature > 0 && p.temperature.isFinite, "routerPrototypeTemperature", "must be > 0, got \(p.temperature)")
+            try check(p.weight >= 0 && p.weight.isFinite, "routerPrototypeWeight", "must be >= 0, got \(p.weight)")
+        }
         try check(loss.logitReplay >= 0 && loss.anchor >= 0 && loss.orthogonality >= 0, "loss weights", "must be >= 0")
     }
 }

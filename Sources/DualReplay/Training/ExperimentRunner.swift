@@ -21,6 +21,9 @@ public struct RunResult: Codable, Sendable {
     public var bufferBytesUsed: Int?
     public var trainableParameters: Int
     public var parametersPerNewDomain: Int
+    /// Floats of the router's intent prototypes after the last domain (frozen statistics, C per
+    /// seen intent; nil when prototype routing is off).
+    public var prototypeFloats: Int?
     public var trainSeconds: Double
     public var evalSeconds: Double
     public var trainExamplesPerSecond: Double
@@ -769,6 +772,7 @@ public final class ExperimentRunner {
             }
         }
         if let router {
+            router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) })
             var buffered: [ReplayItem] = []
             if let dual { for j in 0..<k { buffered += dual.items(of: Int32(j)) } }
             if let res = reservoir { buffered = res.items.filter { $0.domain != Int32(k) } }
@@ -838,11 +842,12 @@ public final class ExperimentRunner {
         var result = RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
                          routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: router == nil ? nil : routerAcc,
                          validationF1: valF1, ledger: st.dual?.ledger ?? st.reservoir?.ledger, bufferBytesUsed: st.dual?.bytesUsed ?? st.reservoir?.bytesUsed,
-                         trainableParameters: m.store.count, parametersPerNewDomain: paramsPerDomain,
+                         trainableParameters: m.store.count - m.prototypeFloats, parametersPerNewDomain: paramsPerDomain,
                          trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9),
                          latencyP50ms: lat?.p50, latencyP99ms: lat?.p99)
         result.probes = probes
         result.multiIntent = multi
+        if m.prototypeFloats > 0 { result.prototypeFloats = m.prototypeFloats }
         return result
     }
 
@@ -867,6 +872,9 @@ public final class ExperimentRunner {
         let t0 = Date()
         let n = try trainPhase(m, s, examples: rows, replay: { _, _, _ in }, rng: &rng, label: s.name)
         if let router {
+            for k in order.domains.indices {
+                router.fitPrototypes(domain: k, examples: rows.filter { $0.domain == k }.map { ($0.ids, $0.label) })
+            }
             let ex = rows.map { ($0.ids, Int32($0.domain)) }
             router.train(ex, config: training.routerTraining, optimizer: training.optimizer, rng: &rng)
         }
@@ -882,7 +890,7 @@ public final class ExperimentRunner {
         }
         return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
                          routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: nil, validationF1: [], ledger: nil, bufferBytesUsed: nil,
-                         trainableParameters: m.store.count, parametersPerNewDomain: 0, trainSeconds: trainTime,
+                         trainableParameters: m.store.count - m.prototypeFloats, parametersPerNewDomain: 0, trainSeconds: trainTime,
                          evalSeconds: Date().timeIntervalSince(t1), trainExamplesPerSecond: Double(n) / max(trainTime, 1e-9),
                          latencyP50ms: nil, latencyP99ms: nil)
     }

@@ -57,7 +57,8 @@ public final class DomainRouter {
         return sequences.map { featureCache[$0]! }
     }
 
-    /// Softmax probabilities over seen domains (B,K) for feature rows (B,C).
+    /// Probabilities over seen domains (B,K) for feature rows (B,C): the MLP's softmax, or with
+    /// prototype routing (`ModelSpec.routerPrototypes`) the prototypes' or the fused distribution.
     public func probabilities(_ feats: [Float], count B: Int) -> [Float] {
         let K = domainCount, C = model.config.hidden, Hd = hidden
         var logits = [Float](repeating: 0, count: B * K)
@@ -65,10 +66,57 @@ public final class DomainRouter {
         let s = model.store
         dr_router_forward(&logits, &hpre, &hact, feats, s.value("router.w1"), s.value("router.b1"), s.value("router.w2"),
                           s.value("router.b2"), nil, Int64(B), Int64(C), Int64(Hd), Int64(K))
+        if let proto = model.spec.routerPrototypes {
+            let lp = prototypeLogProbabilities(feats, count: B)
+            switch proto.mode {
+            case .only: logits = lp
+            case .fused:
+                // log p_mlp = logits − logsumexp(logits); the per-row constant drops out in the softmax below
+                for i in 0..<(B * K) { logits[i] += proto.weight * max(lp[i], -1e4) }
+            }
+        }
         var probs = [Float](repeating: 0, count: B * K), losses = [Float](repeating: 0, count: B)
         let labels = [Int32](repeating: 0, count: B)
         _ = dr_softmax_xent_forward_backward(&losses, nil, &probs, logits, labels, nil, nil, nil, Int64(B), Int64(K))
         return probs
+    }
+
+    /// log p_proto(d|x) (B,K) from the intent prototypes (`dr_prototype_logprob`).
+    public func prototypeLogProbabilities(_ feats: [Float], count B: Int) -> [Float] {
+        let K = domainCount, C = model.config.hidden, V = model.classCount
+        let tau = model.spec.routerPrototypes?.temperature ?? 0.02
+        var classDomain = [Int32](repeating: 0, count: V)
+        for (d, slot) in model.domains.enumerated() { for c in slot.classRange { classDomain[c] = Int32(d) } }
+        var out = [Float](repeating: 0, count: B * K)
+        var scratch = [Float](repeating: 0, count: Int(dr_prototype_scratch_size(Int64(B), Int64(V), Int64(K))))
+        dr_prototype_logprob(&out, &scratch, feats, model.store.value("router.proto"), classDomain, tau,
+                             Int64(B), Int64(C), Int64(V), Int64(K))
+        return out
+    }
+
+    /// Sets the prototypes of domain `k`'s intents to the mean router feature of their examples
+    /// (`label` is the global class). Uses every example given; features are computed in chunks
+    /// and not cached. Intents without examples keep a zero prototype (cosine 0).
+    public func fitPrototypes(domain k: Int, examples: [(ids: [Int32], label: Int32)]) {
+        guard model.spec.routerPrototypes != nil else { return }
+        let C = model.config.hidden, r = model.domains[k].classRange
+        var sums = [Double](repeating: 0, count: r.count * C), counts = [Int](repeating: 0, count: r.count)
+        var start = 0
+        while start < examples.count {
+            let chunk = examples[start..<min(examples.count, start + 64)]
+            let f = model.routerFeatures(PackedBatch(chunk.map(\.ids)))
+            for (i, e) in chunk.enumerated() {
+                let c = Int(e.label) - r.lowerBound
+                precondition(r.contains(Int(e.label)), "fitPrototypes: label \(e.label) outside domain \(k)'s classes \(r)")
+                counts[c] += 1
+                for j in 0..<C { sums[c * C + j] += Double(f[i * C + j]) }
+            }
+            start += chunk.count
+        }
+        let p = model.store.value("router.proto")
+        for c in 0..<r.count {
+            for j in 0..<C { p[(r.lowerBound + c) * C + j] = counts[c] > 0 ? Float(sums[c * C + j] / Double(counts[c])) : 0 }
+        }
     }
 
     /// Most likely domain per sequence.
@@ -162,7 +210,7 @@ public final class DomainRouter {
     /// for the uncertain sequences only. `cached` reuses router features (evaluation); a live
     /// request computes them (`routeAndScore`). Returns the domains and logits (B,V) under them.
     public func routeRescored(_ sequences: [[Int32]], cached: Bool = true) -> (domains: [Int32], logits: [Float]) {
-        let B = sequences.count, K = domainCount, V = model.classCount
+        let B = sequences.count, K = domainCount
         guard K > 1 else { return ([Int32](repeating: 0, count: B), model.logits(sequences, gateIds: [Int32](repeating: 0, count: B))) }
         let feats = cached ? features(sequences).flatMap { $0 } : model.routerFeatures(PackedBatch(sequences))
         return rescore(sequences, probabilities: probabilities(feats, count: B))
