@@ -61,7 +61,7 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     /// gate for this many Adam steps (full batch; encoder and adapter untouched): realigns heads
     /// whose features drifted (the probe's "alignment drift"). 0 = off.
     public var realignHeadSteps: Int?
-    /// Router reads this layer's frozen hidden state (nil = first adapter layer).
+    /// Router reads this layer's frozen hidden state (nil = the last layer).
     public var routerLayer: Int?
     /// Prototype routing: "off" (default), "only" or "fused" (`PrototypeRouting`): every seen
     /// intent keeps the mean router feature of its training utterances, and domains are scored
