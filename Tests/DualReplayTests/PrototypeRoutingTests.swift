@@ -130,7 +130,7 @@ import Testing
     /// fused router is the plain MLP, and every other parameter is bit-identical to a run without
     /// prototypes. Larger weights move the probabilities towards the prototypes'.
     @Test func prototypesLeaveTrainingUntouched() throws {
-        let plain = try Self.state(nil), fused0 = try Self.state("fused", weight: 0), fused = try Self.state("fused", weight: 4)
+        let plain = try Self.state("off"), fused0 = try Self.state("fused", weight: 0), fused = try Self.state("fused", weight: 4)
         for t in plain.model.store.tensors {
             #expect(fused0.model.store.array(t.name) == plain.model.store.array(t.name), "\(t.name)")
         }

@@ -88,6 +88,34 @@ import Testing
         #expect(run.parametersPerNewDomain == layers * 16 + intents * enc.config.hidden + intents)
     }
 
+    /// The MLP router sees earlier domains only through the buffer; the intent prototypes were
+    /// fitted on every training utterance of their domain and never go stale. With a buffer of a
+    /// few utterances per domain, prototype routing must route better than the MLP alone, on the
+    /// same trained adapter (prototypes do not change training: the oracle matrices are equal).
+    @Test func prototypeRoutingOutlastsAStarvedRouter() throws {
+        let enc = try Self.encoder()
+        var off = MethodConfig(kind: .dualReplay), only = off
+        off.name = "mlp"
+        off.routerPrototypes = "off"
+        only.name = "proto"
+        only.routerPrototypes = "only"
+        var cfg = Self.smallConfig([off, only])
+        cfg.data.synthetic?.domains = 4
+        cfg.training?.bufferExamples = 12
+        cfg.training?.routerTraining.newDomainExamples = 12
+        cfg.training?.epochs = 2
+        let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
+        let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test")
+        let results = try runner.run()
+        let mlp = results.runs[0], proto = results.runs[1]
+        #expect(zip(mlp.oracle.f1.joined(), proto.oracle.f1.joined()).allSatisfy { $0 == $1 || ($0.isNaN && $1.isNaN) })
+        let a0 = mlp.routerAccuracy?.last ?? 1, a1 = proto.routerAccuracy?.last ?? 0
+        print("router accuracy: MLP \(mlp.routerAccuracy ?? []), prototypes \(proto.routerAccuracy ?? [])")
+        #expect(a1 > a0 && a1 > 0.9, "router accuracy: MLP \(a0), prototypes \(a1)")
+        #expect(proto.prototypeFloats == 4 * 4 * enc.config.hidden && mlp.prototypeFloats == nil)
+        #expect(proto.trainableParameters == mlp.trainableParameters)
+    }
+
     /// Diagnostics of a run: the probe's head F1 are the oracle matrix's diagonal and last row, the
     /// probe still decodes old domains from the (frozen-base) features, multi-intent rows are scored.
     @Test func diagnosticsProbeAndMultiIntent() throws {

@@ -61,6 +61,8 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     /// gate for this many Adam steps (full batch; encoder and adapter untouched): realigns heads
     /// whose features drifted (the probe's "alignment drift"). 0 = off.
     public var realignHeadSteps: Int?
+    /// Adam learning rate of head realignment (nil = the method's learning rate).
+    public var realignLearningRate: Float?
     /// Router reads this layer's frozen hidden state (nil = the last layer).
     public var routerLayer: Int?
     /// Prototype routing: "off" (default), "only" or "fused" (`PrototypeRouting`): every seen
@@ -125,6 +127,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     public var sharedLRScale: Float?
     /// Head realignment steps after each domain (nil = off).
     public var realignHeadSteps: Int?
+    public var realignLearningRate: Float?
     /// Router head rescoring (nil = off / 0.9).
     public var routerRescoreTopK: Int?
     public var routerRescoreThreshold: Float?
@@ -149,7 +152,9 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         spec.loraRank = m.loraRank ?? 8
         spec.loraAlpha = m.loraAlpha ?? 16
         spec.routerLayer = m.routerLayer
-        switch m.routerPrototypes ?? "off" {
+        // prototype routing is on ("fused") wherever the router is, unless the config says otherwise
+        let routed = m.router ?? (m.kind == .dualReplay)
+        switch m.routerPrototypes ?? (routed ? "fused" : "off") {
         case "off": break
         case let mode:
             guard let md = PrototypeRouting.Mode(rawValue: mode) else {
@@ -160,7 +165,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
                                                      weight: m.routerPrototypeWeight ?? 2)
         }
         var loss = LossWeights()
-        loss.logitReplay = m.logitReplayWeight ?? (m.kind == .der ? 0.5 : 0)
+        // DER's logit replay; for dual-replay, distillation on its domain stream (chosen on validation)
+        loss.logitReplay = m.logitReplayWeight ?? (m.kind == .der || m.kind == .dualReplay ? 0.5 : 0)
         loss.anchor = m.anchorWeight ?? (m.kind == .dualReplay ? 0.1 : 0)
         loss.orthogonality = m.orthogonalityWeight ?? (m.kind == .olora ? 0.1 : 0)
         var s = MethodSettings(
@@ -179,6 +185,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         s.sharedLRScale = m.sharedLearningRateScale
         s.routerRescoreTopK = m.routerRescoreTopK
         s.realignHeadSteps = m.realignHeadSteps
+        s.realignLearningRate = m.realignLearningRate
         s.routerRescoreThreshold = m.routerRescoreThreshold
         if let scope = m.lossScope, scope != "domain" && scope != "seen" {
             throw ConfigError.invalid(field: "methods[\(s.name)].lossScope", reason: "must be \"domain\" or \"seen\", got \"\(scope)\"")
@@ -202,6 +209,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try check((0...1).contains(sharedLRScale ?? 1), "sharedLearningRateScale", "must be in [0, 1]")
         try check((routerRescoreTopK ?? 1) >= 1, "routerRescoreTopK", "must be >= 1")
         try check((realignHeadSteps ?? 0) >= 0, "realignHeadSteps", "must be >= 0")
+        try check((realignLearningRate ?? 1) > 0 && (realignLearningRate ?? 1).isFinite, "realignLearningRate", "must be > 0")
         try check((0...1).contains(routerRescoreThreshold ?? 0.9), "routerRescoreThreshold", "must be in [0, 1]")
         try check(domainFraction >= 0 && domainFraction <= 1, "domainFraction", "must be in [0, 1]")
         if let p = spec.routerPrototypes {

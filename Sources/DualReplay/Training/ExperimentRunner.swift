@@ -768,7 +768,7 @@ public final class ExperimentRunner {
         if let steps = s.realignHeadSteps, steps > 0, k > 0 {
             for j in 0..<k {
                 let items = dual?.items(of: Int32(j)) ?? reservoir?.items.filter { $0.domain == Int32(j) } ?? []
-                realignHead(m, domain: j, items: items, steps: steps, lr: s.learningRate)
+                realignHead(m, domain: j, items: items, steps: steps, lr: s.realignLearningRate ?? s.learningRate)
             }
         }
         if let router {
