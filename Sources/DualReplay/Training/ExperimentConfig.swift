@@ -65,7 +65,8 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     public var realignLearningRate: Float?
     /// Router reads this layer's frozen hidden state (nil = the last layer).
     public var routerLayer: Int?
-    /// Prototype routing: "off" (default), "only" or "fused" (`PrototypeRouting`): every seen
+    /// Prototype routing: "off", "only" or "fused" (default where the router is on; see
+    /// `PrototypeRouting`): every seen
     /// intent keeps the mean router feature of its training utterances, and domains are scored
     /// by cosine similarity to them; "fused" multiplies the MLP's probabilities by
     /// p_proto^`routerPrototypeWeight`.
