@@ -166,6 +166,8 @@ import Testing
             (#"{"data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}]}"#, "name"),
             (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"},{"kind":"lora"}]}"#, "named"),
             ("{not json", "JSON"),
+            (#"{"name":"x","data":{"synthetic":{}},"methods":[{"kind":"dual-replay","realignLearningRate":0}]}"#, "realignLearningRate"),
+            (#"{"name":"x","data":{"synthetic":{}},"methods":[{"kind":"dual-replay","routerPrototypes":"knn"}]}"#, "routerPrototypes"),
         ]
         for (i, (text, field)) in cases.enumerated() {
             let url = try write(text, "bad\(i).json")
