@@ -114,6 +114,8 @@ import Testing
         #expect(a1 > a0 && a1 > 0.9, "router accuracy: MLP \(a0), prototypes \(a1)")
         #expect(proto.prototypeFloats == 4 * 4 * enc.config.hidden && mlp.prototypeFloats == nil)
         #expect(proto.trainableParameters == mlp.trainableParameters)
+        let md = ResultsReport.markdown(results)
+        #expect(md.contains("proto: the router's intent prototypes hold \(4 * 4 * enc.config.hidden) floats") && !md.contains("mlp: the router's"))
     }
 
     /// Diagnostics of a run: the probe's head F1 are the oracle matrix's diagonal and last row, the
