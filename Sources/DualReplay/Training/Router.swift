@@ -47,14 +47,19 @@ public final class DomainRouter {
         let C = model.config.hidden
         var missing: [[Int32]] = []
         for s in sequences where featureCache[s] == nil { missing.append(s) }
-        var start = 0
-        while start < missing.count {
-            let chunk = Array(missing[start..<min(missing.count, start + 64)])
-            let f = model.routerFeatures(PackedBatch(chunk))
-            for (i, s) in chunk.enumerated() { featureCache[s] = Array(f[(i * C)..<((i + 1) * C)]) }
-            start += chunk.count
-        }
+        let f = uncachedFeatures(missing)
+        for (i, s) in missing.enumerated() { featureCache[s] = Array(f[(i * C)..<((i + 1) * C)]) }
         return sequences.map { featureCache[$0]! }
+    }
+
+    /// Router features (B·C, flat) of sequences, in chunks of 64, not cached.
+    func uncachedFeatures(_ sequences: [[Int32]]) -> [Float] {
+        var out: [Float] = []
+        out.reserveCapacity(sequences.count * model.config.hidden)
+        for start in stride(from: 0, to: sequences.count, by: 64) {
+            out += model.routerFeatures(PackedBatch(Array(sequences[start..<min(sequences.count, start + 64)])))
+        }
+        return out
     }
 
     /// Probabilities over seen domains (B,K) for feature rows (B,C): the MLP's softmax, or with
@@ -64,9 +69,12 @@ public final class DomainRouter {
         var logits = [Float](repeating: 0, count: B * K)
         var hpre = [Float](repeating: 0, count: B * Hd), hact = hpre
         let s = model.store
-        dr_router_forward(&logits, &hpre, &hact, feats, s.value("router.w1"), s.value("router.b1"), s.value("router.w2"),
-                          s.value("router.b2"), nil, Int64(B), Int64(C), Int64(Hd), Int64(K))
-        if let proto = model.spec.routerPrototypes {
+        let proto = model.spec.routerPrototypes
+        if proto?.mode != .only {
+            dr_router_forward(&logits, &hpre, &hact, feats, s.value("router.w1"), s.value("router.b1"), s.value("router.w2"),
+                              s.value("router.b2"), nil, Int64(B), Int64(C), Int64(Hd), Int64(K))
+        }
+        if let proto {
             let lp = prototypeLogProbabilities(feats, count: B)
             switch proto.mode {
             case .only: logits = lp
@@ -95,23 +103,19 @@ public final class DomainRouter {
     }
 
     /// Sets the prototypes of domain `k`'s intents to the mean router feature of their examples
-    /// (`label` is the global class). Uses every example given; features are computed in chunks
-    /// and not cached. Intents without examples keep a zero prototype (cosine 0).
+    /// (`label` is the global class). Uses every example given; features are not cached (a
+    /// domain's whole training split would stay in memory). Intents without examples keep a zero
+    /// prototype (cosine 0).
     public func fitPrototypes(domain k: Int, examples: [(ids: [Int32], label: Int32)]) {
         guard model.spec.routerPrototypes != nil else { return }
         let C = model.config.hidden, r = model.domains[k].classRange
         var sums = [Double](repeating: 0, count: r.count * C), counts = [Int](repeating: 0, count: r.count)
-        var start = 0
-        while start < examples.count {
-            let chunk = examples[start..<min(examples.count, start + 64)]
-            let f = model.routerFeatures(PackedBatch(chunk.map(\.ids)))
-            for (i, e) in chunk.enumerated() {
-                let c = Int(e.label) - r.lowerBound
-                precondition(r.contains(Int(e.label)), "fitPrototypes: label \(e.label) outside domain \(k)'s classes \(r)")
-                counts[c] += 1
-                for j in 0..<C { sums[c * C + j] += Double(f[i * C + j]) }
-            }
-            start += chunk.count
+        let f = uncachedFeatures(examples.map(\.ids))
+        for (i, e) in examples.enumerated() {
+            precondition(r.contains(Int(e.label)), "fitPrototypes: label \(e.label) outside domain \(k)'s classes \(r)")
+            let c = Int(e.label) - r.lowerBound
+            counts[c] += 1
+            for j in 0..<C { sums[c * C + j] += Double(f[i * C + j]) }
         }
         let p = model.store.value("router.proto")
         for c in 0..<r.count {
