@@ -361,13 +361,12 @@ public final class ExperimentRunner {
         var logits = [Float](repeating: 0, count: N * n), dlogits = logits, losses = [Float](repeating: 0, count: N)
         let opt = training.optimizer
         for t in 1...steps {
-            // logits = x·Wᵀ + b; dlogits = (softmax − onehot)/N; gW = dlogitsᵀ·x; gb = Σ_rows dlogits
-            for r in 0..<N { for c in 0..<n { logits[r * n + c] = b[c] } }
-            dr_sgemm(0, 1, Int64(N), Int64(n), Int64(C), 1, x, Int64(C), W, Int64(C), 1, &logits, Int64(n))
+            // the head is one linear layer: logits = x·Wᵀ + b; its backward adds, so clear first
+            dr_matmul_forward(&logits, x, W, b, Int64(N), Int64(C), Int64(n))
             _ = dr_softmax_xent_forward_backward(&losses, &dlogits, nil, logits, labels, nil, nil, nil, Int64(N), Int64(n))
-            dr_sgemm(1, 0, Int64(n), Int64(C), Int64(N), 1, dlogits, Int64(n), x, Int64(C), 0, &gW, Int64(C))
+            for i in gW.indices { gW[i] = 0 }
             for c in 0..<n { gb[c] = 0 }
-            for r in 0..<N { for c in 0..<n { gb[c] += dlogits[r * n + c] } }
+            dr_matmul_backward(nil, &gW, &gb, dlogits, x, W, Int64(N), Int64(C), Int64(n))
             dr_adamw_update(W, gW, &mW, &vW, Int64(n * C), lr, opt.beta1, opt.beta2, opt.epsilon, 0, Int64(t))
             dr_adamw_update(b, gb, &mb, &vb, Int64(n), lr, opt.beta1, opt.beta2, opt.epsilon, 0, Int64(t))
         }

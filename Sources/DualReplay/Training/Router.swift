@@ -67,10 +67,10 @@ public final class DomainRouter {
     public func probabilities(_ feats: [Float], count B: Int) -> [Float] {
         let K = domainCount, C = model.config.hidden, Hd = hidden
         var logits = [Float](repeating: 0, count: B * K)
-        var hpre = [Float](repeating: 0, count: B * Hd), hact = hpre
         let s = model.store
         let proto = model.spec.routerPrototypes
         if proto?.mode != .only {
+            var hpre = [Float](repeating: 0, count: B * Hd), hact = hpre
             dr_router_forward(&logits, &hpre, &hact, feats, s.value("router.w1"), s.value("router.b1"), s.value("router.w2"),
                               s.value("router.b2"), nil, Int64(B), Int64(C), Int64(Hd), Int64(K))
         }
