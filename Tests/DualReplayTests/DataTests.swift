@@ -336,7 +336,7 @@ struct DataTests {
         let permuted = a.ordering(seed: 9)
         #expect(permuted.fingerprint != a.fingerprint)
         #expect(permuted.contentFingerprint == a.contentFingerprint)
-        #expect(StableHash.of("a") == 0xAF63_DC4C_8601_EC8C)  // FNV-1a 64 reference value
+        #expect(FNV1a.of("a") == 0xAF63_DC4C_8601_EC8C)  // FNV-1a 64 reference value
     }
 
     @Test func scenarioErrors() throws {

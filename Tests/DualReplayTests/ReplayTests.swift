@@ -63,15 +63,15 @@ struct ReplayTests {
     }
 
     @Test func stableRNGHelpers() {
-        var a = StableRNG(seed: 9), b = StableRNG(seed: 9)
+        var a = SplitMix64(seed: 9), b = SplitMix64(seed: 9)
         #expect((0..<100).map { _ in a.stableIndex(below: 17) } == (0..<100).map { _ in b.stableIndex(below: 17) })
-        var c = StableRNG(seed: 3)
+        var c = SplitMix64(seed: 3)
         var counts = [Int](repeating: 0, count: 4)
         for _ in 0..<40_000 { counts[c.stableIndex(below: 4)] += 1 }
         #expect(counts.allSatisfy { abs($0 - 10_000) < 400 })
-        var u = StableRNG(seed: 4)
+        var u = SplitMix64(seed: 4)
         #expect((0..<1000).allSatisfy { _ in let x = u.stableUnit(); return x >= 0 && x < 1 })
-        #expect(StableRNG(seed: 1, stream: 0) != StableRNG(seed: 1, stream: 1))
+        #expect(SplitMix64(seed: 1, stream: 0) != SplitMix64(seed: 1, stream: 1))
     }
 
     // MARK: Reservoir
@@ -126,7 +126,7 @@ struct ReplayTests {
         c.add(items: domainItems(0, labels: 5, perLabel: 30, rng: &r3))
         #expect(c.items != a.items)
 
-        var s1 = StableRNG(seed: 5), s2 = StableRNG(seed: 5)
+        var s1 = SplitMix64(seed: 5), s2 = SplitMix64(seed: 5)
         let batch = a.sample(count: 16, rng: &s1)
         #expect(batch == a.sample(count: 16, rng: &s2))
         #expect(batch.count == 16)
@@ -225,7 +225,7 @@ struct ReplayTests {
         #expect(zip(bytes, quota).allSatisfy { $0 <= $1 })
 
         // Replay draws follow the sampling weights.
-        var s = StableRNG(seed: 1)
+        var s = SplitMix64(seed: 1)
         var drawn = [Int32: Int]()
         let n = 20_000
         for _ in 0..<(n / 100) {
@@ -318,7 +318,7 @@ struct ReplayTests {
         try buffer.addDomain(3, items: next, forgetting: [1: 0.3])
         try restored.addDomain(3, items: next, forgetting: [1: 0.3])
         #expect(restored.state == buffer.state)
-        var s1 = StableRNG(seed: 2), s2 = StableRNG(seed: 2)
+        var s1 = SplitMix64(seed: 2), s2 = SplitMix64(seed: 2)
         #expect(buffer.sample(count: 32, rng: &s1) == restored.sample(count: 32, rng: &s2))
         // A tampered snapshot is refused.
         var bad = buffer.state
@@ -332,7 +332,7 @@ struct ReplayTests {
         buffer.addGeneral(items: generalItems(500, target: 48, rng: &rng))
         checkInvariants(buffer)
         #expect(buffer.generalBytesUsed > buffer.generalBudget * 8 / 10)
-        var s = StableRNG(seed: 3)
+        var s = SplitMix64(seed: 3)
         let batch = buffer.sampleGeneral(count: 8, rng: &s)
         #expect(batch.count == 8 && batch.allSatisfy { $0.label == -1 && $0.domain == -1 && $0.target?.count == 48 })
         #expect(buffer.sample(count: 8, rng: &s).isEmpty)  // no domain yet

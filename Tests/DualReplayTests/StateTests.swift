@@ -21,7 +21,7 @@ import Glibc
 
     /// A domain whose intents each own two keywords among a few shared filler words.
     static func domain(_ name: String, base: Int, intents: Int = 3, train: Int = 8) -> DomainData {
-        var rng = SplitMix64(seed: StableHash.of(name))
+        var rng = SplitMix64(seed: FNV1a.of(name))
         func rows(_ split: Split, _ n: Int) -> [IntentExample] {
             var out: [IntentExample] = []
             for i in 0..<intents {

@@ -353,7 +353,7 @@ public struct IntentDataset: Sendable {
             var multi = separated[domain] ?? []
             if let limit = options.maxExamplesPerSplit {
                 let before = train.count + val.count + test.count + multi.count
-                var rng = StableRNG(seed: options.subsampleSeed, stream: UInt64(d))
+                var rng = SplitMix64(seed: options.subsampleSeed, stream: UInt64(d))
                 train = balancedSubsample(train, limit: limit, rng: &rng)
                 let labels = Set(train.flatMap(\.intents))
                 let inTrain = { (row: JSONLRow) in row.intents.allSatisfy(labels.contains) }
@@ -390,7 +390,7 @@ public struct IntentDataset: Sendable {
 
     /// Up to `limit` rows, round-robin over labels (sorted, by first label) so every label keeps
     /// examples; each label's rows in a seeded random order. The kept rows stay in file order.
-    private static func balancedSubsample(_ rows: [JSONLRow], limit: Int, rng: inout StableRNG) -> [JSONLRow] {
+    private static func balancedSubsample(_ rows: [JSONLRow], limit: Int, rng: inout SplitMix64) -> [JSONLRow] {
         let limit = max(limit, 0)
         guard rows.count > limit else { return rows }
         var byLabel: [String: [Int]] = [:]

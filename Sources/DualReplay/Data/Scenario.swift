@@ -116,7 +116,7 @@ public struct Scenario: Codable, Hashable, Sendable {
     public func ordering(seed: UInt64) -> Scenario {
         var permuted = domains
         if seed != 0 {
-            var rng = StableRNG(seed: seed)
+            var rng = SplitMix64(seed: seed)
             permuted.stableShuffle(using: &rng)
         }
         var offset: Int32 = 0
@@ -154,15 +154,15 @@ public struct Scenario: Codable, Hashable, Sendable {
     public var contentFingerprint: String { Scenario.hex(hash(domains.sorted { $0.name < $1.name })) }
 
     private func hash(_ list: [ScenarioDomain]) -> UInt64 {
-        var h = StableHash()
+        var h = FNV1a()
         for d in list {
-            h.combine("domain\u{1F}\(d.name)\u{1E}")
-            h.combine(d.intents.joined(separator: "\u{1F}"))
-            h.combine("\u{1E}")
+            h.add("domain\u{1F}\(d.name)\u{1E}")
+            h.add(d.intents.joined(separator: "\u{1F}"))
+            h.add("\u{1E}")
             for (tag, rows) in [("train", d.train), ("val", d.val), ("test", d.test), ("multi", d.multiIntentTest)] {
-                h.combine("\(tag)\u{1E}")
+                h.add("\(tag)\u{1E}")
                 let lines = rows.map { "\($0.intents.joined(separator: "#"))\u{1F}\($0.text)" }.sorted()
-                for line in lines { h.combine(line); h.combine("\u{1E}") }
+                for line in lines { h.add(line); h.add("\u{1E}") }
             }
         }
         return h.value
@@ -171,25 +171,5 @@ public struct Scenario: Codable, Hashable, Sendable {
     private static func hex(_ v: UInt64) -> String {
         let s = String(v, radix: 16)
         return String(repeating: "0", count: 16 - s.count) + s
-    }
-}
-
-/// FNV-1a, 64 bit, over UTF-8 bytes: small, stable across runs and platforms (unlike `Hasher`).
-public struct StableHash: Sendable {
-    public private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
-
-    public init() {}
-
-    public mutating func combine(_ text: String) {
-        for byte in text.utf8 {
-            value ^= UInt64(byte)
-            value = value &* 0x0000_0100_0000_01B3
-        }
-    }
-
-    public static func of(_ text: String) -> UInt64 {
-        var h = StableHash()
-        h.combine(text)
-        return h.value
     }
 }

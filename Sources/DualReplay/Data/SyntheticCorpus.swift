@@ -76,7 +76,7 @@ public enum SyntheticCorpus {
 
     /// Plain English sentences for the general replay stream (label -1), deterministic given `seed`.
     public static func generalText(count: Int, seed: UInt64) -> [String] {
-        var rng = StableRNG(seed: seed, stream: 0x6E65_7261_6C)
+        var rng = SplitMix64(seed: seed, stream: 0x6E65_7261_6C)
         let subjects = ["the river", "an old bridge", "the committee", "a small village", "the museum", "the orchestra",
                         "the northern railway", "a local farmer", "the first expedition", "the city council",
                         "the coastal road", "a young painter", "the national team", "the library", "the cathedral"]
@@ -102,7 +102,7 @@ public enum SyntheticCorpus {
 
     /// Brands from syllables, unique; categories cycle through a seeded permutation.
     static func domainIdentities(count: Int, seed: UInt64) -> [Identity] {
-        var rng = StableRNG(seed: seed, stream: 0xB7A4_D5)
+        var rng = SplitMix64(seed: seed, stream: 0xB7A4_D5)
         var order = Array(categories.indices)
         order.stableShuffle(using: &rng)
         var used = Set<String>()
@@ -115,7 +115,7 @@ public enum SyntheticCorpus {
         return out
     }
 
-    static func makeWord(_ rng: inout StableRNG, syllables: Int, ending: Bool) -> String {
+    static func makeWord(_ rng: inout SplitMix64, syllables: Int, ending: Bool) -> String {
         let onsets = ["b", "br", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "tr", "pl", "st", "c", "h"]
         let vowels = ["a", "e", "i", "o", "u", "a", "o", "e"]
         let codas = ["", "", "", "n", "r", "l", "x", "s", "m"]
@@ -130,7 +130,7 @@ public enum SyntheticCorpus {
     }
 
     static func makeDomain(index k: Int, identity: Identity, config: SyntheticConfig) -> DomainData {
-        var rng = StableRNG(seed: config.seed, stream: UInt64(k) &+ 1)
+        var rng = SplitMix64(seed: config.seed, stream: UInt64(k) &+ 1)
         let vocab = Vocabulary(identity: identity, rng: &rng)
 
         // Intent kinds: up to three of the confusable core first, then the rest of what fits the product.
@@ -147,7 +147,7 @@ public enum SyntheticCorpus {
         var seen = Set<String>()
         // Every template names the brand (alone or in {product}), so each utterance is attributable to
         // its domain even when the intent kind and the product category recur elsewhere.
-        func utterance(_ kind: IntentKind, _ rng: inout StableRNG, opener: Bool = true, closer: Bool = true) -> String {
+        func utterance(_ kind: IntentKind, _ rng: inout SplitMix64, opener: Bool = true, closer: Bool = true) -> String {
             // Retry a few times to avoid duplicates, so train and test rarely share a sentence.
             var text = ""
             for _ in 0..<12 {
@@ -193,7 +193,7 @@ public enum SyntheticCorpus {
     // MARK: - Surface variation
 
     /// Fillers before, politeness after, sometimes "?" or "." and a capital first letter.
-    static func paraphrase(_ text: String, _ rng: inout StableRNG, opener: Bool, closer: Bool) -> String {
+    static func paraphrase(_ text: String, _ rng: inout SplitMix64, opener: Bool, closer: Bool) -> String {
         let openers = ["", "", "", "", "hi, ", "hey ", "hello, ", "um ", "so ", "quick question, ", "excuse me, ", "ok so "]
         let closers = ["", "", "", "", " please", " thanks", " thank you", ", can you help", " asap", " if possible"]
         let before = pick(openers, &rng), after = pick(closers, &rng)
@@ -209,7 +209,7 @@ public enum SyntheticCorpus {
         return out
     }
 
-    static func addTypos(_ text: String, rate: Double, _ rng: inout StableRNG) -> String {
+    static func addTypos(_ text: String, rate: Double, _ rng: inout SplitMix64) -> String {
         guard rate > 0 else { return text }
         let words = text.split(separator: " ", omittingEmptySubsequences: false).map { word -> String in
             var chars = Array(word)
@@ -225,7 +225,7 @@ public enum SyntheticCorpus {
         return words.joined(separator: " ")
     }
 
-    static func pick<T>(_ list: [T], _ rng: inout StableRNG) -> T { list[rng.stableIndex(below: list.count)] }
+    static func pick<T>(_ list: [T], _ rng: inout SplitMix64) -> T { list[rng.stableIndex(below: list.count)] }
 
     // MARK: - Vocabulary
 
@@ -236,7 +236,7 @@ public enum SyntheticCorpus {
         var models: [String]
         var category: Category
 
-        init(identity: Identity, rng: inout StableRNG) {
+        init(identity: Identity, rng: inout SplitMix64) {
             brand = identity.brand
             noun = identity.category.noun
             category = identity.category
@@ -249,7 +249,7 @@ public enum SyntheticCorpus {
             models = list
         }
 
-        func product(_ rng: inout StableRNG) -> String {
+        func product(_ rng: inout SplitMix64) -> String {
             switch rng.stableIndex(below: 4) {
             case 0: return "\(brand) \(noun)"
             case 1: return "\(brand) \(SyntheticCorpus.pick(models, &rng))"
@@ -258,7 +258,7 @@ public enum SyntheticCorpus {
         }
 
         /// Replaces {product} {brand} {noun} {model} {item} {part} {issue} {time} {number} {clock} {place}.
-        func render(_ template: String, _ rng: inout StableRNG) -> String {
+        func render(_ template: String, _ rng: inout SplitMix64) -> String {
             var out = ""
             var rest = Substring(template)
             while let open = rest.firstIndex(of: "{") {
@@ -272,7 +272,7 @@ public enum SyntheticCorpus {
             return out
         }
 
-        private func fill(_ slot: String, _ rng: inout StableRNG) -> String {
+        private func fill(_ slot: String, _ rng: inout SplitMix64) -> String {
             switch slot {
             case "product": return product(&rng)
             case "brand": return brand

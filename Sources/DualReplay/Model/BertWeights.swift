@@ -152,34 +152,8 @@ public final class BertWeights {
 
     /// FNV-1a 64 over the arena's bytes: identifies the exact base a state was trained on.
     public func fingerprint() -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        let bytes = UnsafeRawBufferPointer(start: arena.base, count: arena.count * 4)
-        for b in bytes {
-            h ^= UInt64(b)
-            h = h &* 0x0000_0100_0000_01b3
-        }
-        return String(format: "fnv1a64:%016llx", h)
-    }
-}
-
-/// SplitMix64: a tiny deterministic generator whose whole state is one UInt64 (checkpointable).
-public struct SplitMix64: RandomNumberGenerator, Codable, Sendable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    public mutating func nextUnit() -> Float { Float(next() >> 40) * (1.0 / Float(1 << 24)) }
-    /// Uniform in [-1, 1).
-    public mutating func nextSigned() -> Float { 2 * nextUnit() - 1 }
-    /// Standard normal (Box-Muller).
-    public mutating func nextGaussian() -> Float {
-        let u1 = max(Double(next() >> 11) * 0x1.0p-53, 1e-300), u2 = Double(next() >> 11) * 0x1.0p-53
-        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+        var h = FNV1a()
+        h.add(UnsafeRawBufferPointer(start: arena.base, count: arena.count * 4))
+        return "fnv1a64:" + h.hex
     }
 }

@@ -98,7 +98,7 @@ public struct DualStreamConfig: Codable, Hashable, Sendable {
 /// **General stream**: a `ReservoirBuffer` with the general budget (`addGeneral`, `sampleGeneral`).
 public final class DualStreamBuffer: ReplayBuffer {
     /// One domain's part of the domain stream.
-    public struct DomainSlot: Codable, Equatable, Sendable {
+    public struct DomainStream: Codable, Equatable, Sendable {
         public var domain: Int32
         public var items: [ReplayItem]
         /// Largest item ever offered for this domain (sets its floor).
@@ -114,26 +114,26 @@ public final class DualStreamBuffer: ReplayBuffer {
 
     public struct State: Codable, Equatable, Sendable {
         public var config: DualStreamConfig
-        public var domains: [DomainSlot]
+        public var domains: [DomainStream]
         public var general: ReservoirBuffer.State
-        public var rng: StableRNG
+        public var rng: SplitMix64
         public var ledger: ReplayLedger
     }
 
     public let config: DualStreamConfig
     /// Domains in arrival order; every loop below walks this array, never a dictionary, so results
     /// do not depend on hashing.
-    private var slots: [DomainSlot] = []
+    private var slots: [DomainStream] = []
     private var slotIndex: [Int32: Int] = [:]
     private var general: ReservoirBuffer
-    private var rng: StableRNG
+    private var rng: SplitMix64
     public private(set) var ledger = ReplayLedger()
 
     public init(config: DualStreamConfig) throws {
         try config.validate()
         self.config = config
-        general = ReservoirBuffer(byteBudget: config.generalBudget, seed: StableRNG.mix(config.seed ^ 0x6765_6E65_7261_6C21))
-        rng = StableRNG(seed: config.seed, stream: 0)
+        general = ReservoirBuffer(byteBudget: config.generalBudget, seed: SplitMix64.mix(config.seed ^ 0x6765_6E65_7261_6C21))
+        rng = SplitMix64(seed: config.seed, stream: 0)
     }
 
     public convenience init(state: State) throws {
@@ -193,9 +193,9 @@ public final class DualStreamBuffer: ReplayBuffer {
         return out
     }
 
-    private func slot(_ domain: Int32) -> DomainSlot? { slotIndex[domain].map { slots[$0] } }
+    private func slot(_ domain: Int32) -> DomainStream? { slotIndex[domain].map { slots[$0] } }
 
-    private func floor(of slot: DomainSlot) -> Int { max(config.floorBytes, slot.largestItemBytes) }
+    private func floor(of slot: DomainStream) -> Int { max(config.floorBytes, slot.largestItemBytes) }
 
     // MARK: Updates
 
@@ -241,7 +241,7 @@ public final class DualStreamBuffer: ReplayBuffer {
             index = existing
         } else {
             index = slots.count
-            slots.append(DomainSlot(domain: domain, items: [], largestItemBytes: 0, forgettingEMA: nil, lastForgetting: nil,
+            slots.append(DomainStream(domain: domain, items: [], largestItemBytes: 0, forgettingEMA: nil, lastForgetting: nil,
                                     importanceWeight: 0, samplingWeight: 0, quota: 0))
             slotIndex[domain] = index
         }

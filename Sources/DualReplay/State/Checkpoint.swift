@@ -57,7 +57,7 @@ public struct OnboardingCheckpoint: Sendable {
     public static func domainChecksum(_ d: DomainData) -> String {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        var h = FNV64()
+        var h = FNV1a()
         h.add(Data(d.name.utf8))
         for r in d.train + d.val + d.test + d.multiIntentTest {
             h.add((try? enc.encode(r)) ?? Data())
@@ -66,7 +66,7 @@ public struct OnboardingCheckpoint: Sendable {
     }
 
     static func dataChecksum(_ p: PhaseCheckpoint) -> String {
-        var h = FNV64()
+        var h = FNV1a()
         p.values.withUnsafeBytes { h.add($0) }
         p.moment1.withUnsafeBytes { h.add($0) }
         p.moment2.withUnsafeBytes { h.add($0) }
@@ -133,26 +133,5 @@ public struct OnboardingCheckpoint: Sendable {
         guard expected == actual else { throw CheckpointError.checksumMismatch(file: path, expected: expected, actual: actual) }
         return OnboardingCheckpoint(domain: try field("domain"), domainChecksum: try field("domainChecksum"), baseVersion: baseVersion,
                                     baseModel: try field("baseModel"), configChecksum: try field("configChecksum"), phase: phase)
-    }
-}
-
-/// FNV-1a 64, fed in pieces.
-struct FNV64 {
-    private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
-
-    mutating func add(_ bytes: UnsafeRawBufferPointer) {
-        var h = value
-        for b in bytes {
-            h ^= UInt64(b)
-            h = h &* 0x0000_0100_0000_01B3
-        }
-        value = h
-    }
-
-    mutating func add(_ data: Data) { data.withUnsafeBytes { add($0) } }
-
-    var hex: String {
-        let s = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
     }
 }

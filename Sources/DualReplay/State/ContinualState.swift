@@ -216,7 +216,7 @@ public final class ContinualState {
     var configChecksum: String {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        var h = FNV64()
+        var h = FNV1a()
         h.add((try? enc.encode(manifest.settings)) ?? Data())
         h.add(Data("seed \(manifest.seed) budget \(manifest.byteBudget)".utf8))
         return h.hex

@@ -177,11 +177,7 @@ public enum StateDirectory {
     }
 
     /// FNV-1a 64, 16 hex digits.
-    public static func fnv1a64(_ data: Data) -> String {
-        var h = FNV64()
-        h.add(data)
-        return h.hex
-    }
+    public static func fnv1a64(_ data: Data) -> String { FNV1a.hex(of: data) }
 
     static func jsonEncoder() -> JSONEncoder {
         let e = JSONEncoder()

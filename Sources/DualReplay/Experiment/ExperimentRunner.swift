@@ -300,8 +300,8 @@ public final class ExperimentRunner {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let data = (try? enc.encode(p)) ?? Data()
-        var h = StableHash()
-        h.combine(String(decoding: data, as: UTF8.self))
+        var h = FNV1a()
+        h.add(String(decoding: data, as: UTF8.self))
         p.hash = String(format: "%016llx", h.value)
         return p
     }
@@ -546,7 +546,7 @@ public final class ExperimentRunner {
     func split(_ d: ScenarioDomain, _ s: Split) -> [IntentExample] {
         let rows = s == .test ? d.test : d.val
         guard let cap = config.data.maxEvalPerDomain, rows.count > cap else { return rows }
-        var rng = SplitMix64(seed: StableHash.of(d.name))
+        var rng = SplitMix64(seed: FNV1a.of(d.name))
         return Array(rows.shuffled(using: &rng).prefix(cap))
     }
 
@@ -595,7 +595,7 @@ public final class ExperimentRunner {
         func features(_ rows: [IntentExample]) -> (x: [Float], y: [Int32]) {
             (pooled(m, rows.map { ids($0.text) }, gate: j), rows.map { d.globalLabel(of: $0.intent)! - d.labelOffset })
         }
-        var rng = SplitMix64(seed: StableHash.of(d.name) &+ 0x9B0B)
+        var rng = SplitMix64(seed: FNV1a.of(d.name) &+ 0x9B0B)
         let cap = config.probeTrainPerDomain ?? 600
         let train = d.train.count > cap ? Array(d.train.shuffled(using: &rng).prefix(cap)) : d.train
         let (xt, yt) = features(train), (xe, ye) = features(split(d, evalSplit))
@@ -610,7 +610,7 @@ public final class ExperimentRunner {
         for (j, d) in order.domains.enumerated() where !d.multiIntentTest.isEmpty {
             var rows = d.multiIntentTest
             if let cap = config.data.maxEvalPerDomain, rows.count > cap {
-                var rng = SplitMix64(seed: StableHash.of(d.name) &+ 0x3017)
+                var rng = SplitMix64(seed: FNV1a.of(d.name) &+ 0x3017)
                 rows = Array(rows.shuffled(using: &rng).prefix(cap))
             }
             let preds = routedPredictions(m, router: router, rows.map { ids($0.text) }).map { p -> (domain: String, intent: String) in
