@@ -65,8 +65,8 @@ import Glibc
             #expect(s4.metrics[i].validationF1 == ref.metrics[i].validationF1)
             #expect(s4.metrics[i].routerAccuracy == ref.metrics[i].routerAccuracy)
         }
-        #expect(s4.sequential.dual?.state == ref.sequential.dual?.state)
-        #expect(s4.sequential.rng.state == ref.sequential.rng.state)
+        #expect(s4.learner.dual?.state == ref.learner.dual?.state)
+        #expect(s4.learner.rng.state == ref.learner.rng.state)
     }
 
     @Test func damagedOrForeignCheckpointsAreRefused() throws {

@@ -109,9 +109,9 @@ import Glibc
         #expect(r.model.store.tensors == s.model.store.tensors)
         #expect(r.model.optimizerStep == s.model.optimizerStep && r.model.optimizerStep > 0)
         #expect(r.router?.step == s.router?.step && (r.router?.step ?? 0) > 0)
-        #expect(r.sequential.rng.state == s.sequential.rng.state && r.model.rngState.state == s.model.rngState.state)
-        #expect(r.sequential.dual?.state == s.sequential.dual?.state)
-        #expect(r.sequential.bestVal == s.sequential.bestVal)
+        #expect(r.learner.rng.state == s.learner.rng.state && r.model.rngState.state == s.model.rngState.state)
+        #expect(r.learner.dual?.state == s.learner.dual?.state)
+        #expect(r.learner.bestValidationF1 == s.learner.bestValidationF1)
         let seqs: [[Int32]] = [[1, 5, 33, 2], [1, 12, 30, 31, 2], [1, 7, 2]]
         for g in [Int32(0), 1] {
             let gates = [Int32](repeating: g, count: seqs.count)
@@ -134,7 +134,7 @@ import Glibc
         let runner = ExperimentRunner(config: cfg, scenario: try Scenario(domains: domains), encoder: enc,
                                       generalTexts: Self.general, codeVersion: "test")
         let settings = try MethodSettings.resolve(cfg.methods[0], training: cfg.training!)
-        let reference = try runner.runSequential(settings, order: runner.scenario, seed: cfg.seed!)
+        let reference = try runner.methodRun(settings, order: runner.scenario, seed: cfg.seed!).sequential()
 
         let dir = try TestPaths.tempDir().appendingPathComponent("state")
         defer { try? FileManager.default.removeItem(at: dir.deletingLastPathComponent()) }
@@ -149,7 +149,7 @@ import Glibc
             #expect(r.metrics[i].validationF1 == reference.validationF1[i])
         }
         #expect(r.metrics.last?.routerAccuracy == reference.routerAccuracy?.last)
-        #expect(r.sequential.dual?.ledger == reference.ledger)
+        #expect(r.learner.dual?.ledger == reference.ledger)
     }
 
     // MARK: - damaged files
@@ -326,12 +326,11 @@ import Glibc
         let m = s.model, K = m.domains.count, V = m.classCount
         let texts = ["w0 w31 w32", "w8 w30", "w39", "w7 w33 w34 w35", "w13 w2", "w16 w17 w30", "w31 w32 w33"]
         let seqs = texts.map { s.encoder.tokenizer.encode($0) }
-        let plain = router.route(seqs)
-        router.rescoreTopK = K
-        router.rescoreThreshold = 0
-        #expect(router.routeRescored(seqs).domains == plain)
-        router.rescoreThreshold = 1
-        let (chosen, logits) = router.routeRescored(seqs)
+        let plain = RoutedPredictor(model: m, router: router).predictChunk(seqs, features: .cached).domains
+        let never = RoutedPredictor(model: m, router: router, rescoreTopK: K, rescoreThreshold: 0)
+        #expect(never.predictChunk(seqs, features: .cached).domains == plain)
+        let always = RoutedPredictor(model: m, router: router, rescoreTopK: K, rescoreThreshold: 1).predictChunk(seqs, features: .cached)
+        let (chosen, logits) = (always.domains, always.logits)
         let p = router.probabilities(router.features(seqs).flatMap { $0 }, count: seqs.count)
         for (b, seq) in seqs.enumerated() {
             var scores: [Float] = []
@@ -343,13 +342,20 @@ import Glibc
             }
             let best = (0..<K).max { scores[$0] < scores[$1] }!
             #expect(Int(chosen[b]) == best, "row \(b): scores \(scores)")
-            let own = m.logits([seq], gateIds: [chosen[b]])
+            let own = m.logits([seq], gateIds: [Int32(chosen[b])])
             // the chosen domain's logits (batch shapes differ: equal up to rounding)
             #expect(zip(logits[(b * V)..<((b + 1) * V)], own).allSatisfy { abs($0 - $1) < 1e-5 })
         }
-        // prediction follows the same rule
-        let preds = s.predict(texts)
-        #expect(preds.map { Int32($0.gate) } == chosen)
+        // prediction follows the same rule when the method asks for it: a state whose settings
+        // rescore every route over all K domains predicts exactly `chosen`
+        #expect(s.predict(texts).map(\.gate) == plain)
+        var cfg = Self.config()
+        cfg.methods[0].routerRescoreTopK = K
+        cfg.methods[0].routerRescoreThreshold = 1
+        let rescoring = try ContinualState.create(config: cfg, encoder: try Self.encoder(), generalTexts: Self.general, modelPath: nil)
+        for (n, b) in [("a", 0), ("b", 6), ("c", 12)] { _ = try rescoring.onboard(Self.domain(n, base: b)) }
+        let always3 = RoutedPredictor(model: rescoring.model, router: rescoring.router, rescoreTopK: K, rescoreThreshold: 1)
+        #expect(rescoring.predict(texts).map(\.gate) == always3.predictChunk(seqs, features: .live).domains)
     }
 
     @Test func exportWritesDocumentedNamesAndShapes() throws {

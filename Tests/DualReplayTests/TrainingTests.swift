@@ -185,16 +185,16 @@ import Testing
         let m = Self.model { $0.adapter = true; $0.adapterLayers = [1]; $0.routerLayer = routerLayer }
         let router = DomainRouter(model: m)
         let seqs: [[Int32]] = [[1, 5, 7, 2], [1, 9, 2], [1, 6, 6, 8, 2]]
-        let (domains, logits) = router.routeAndScore(seqs)
+        let live = RoutedPredictor(model: m, router: router).predictChunk(seqs, features: .live)
         #expect(m.routerLayer == (routerLayer ?? 2) && m.resumeLayer == 1)
-        let full = m.logits(seqs, gateIds: domains)
-        #expect(logits == full)
-        #expect(router.route(seqs) == domains)
+        let full = m.logits(seqs, gateIds: live.domains.map(Int32.init))
+        #expect(live.logits == full)
+        #expect(RoutedPredictor(model: m, router: router).predictChunk(seqs, features: .cached).domains == live.domains)
     }
 
     @Test func nonFiniteLossStopsWithStepAndDomain() {
         let m = Self.model { $0.adapter = true }
-        m.store.value("head.0.w")[0] = .nan
+        m.store.withValues(TensorName.headWeight) { $0[0] = .nan }
         #expect(throws: TrainingError.self) {
             _ = try m.trainStep(Self.batch(m), weights: LossWeights(), optimizer: AdamWStep(config: OptimizerConfig()), lr: 1e-3)
         }

@@ -124,10 +124,10 @@ struct Gemm {
 
 /// Operand buffers big enough for every call of a set of GEMMs (values irrelevant, finite).
 final class GemmBuffers {
-    let a: FloatArena, b: FloatArena, c: FloatArena
+    let a: KernelBuffer, b: KernelBuffer, c: KernelBuffer
     init(for gemms: [Gemm]) {
         let n = gemms.map { max($0.M * $0.K, $0.K * $0.N, $0.M * $0.N) }.max() ?? 1
-        a = FloatArena(count: n); b = FloatArena(count: n); c = FloatArena(count: n)
+        a = KernelBuffer(count: n); b = KernelBuffer(count: n); c = KernelBuffer(count: n)
         for i in 0..<n { a.base[i] = Float(i % 7) * 0.01; b.base[i] = Float(i % 5) * 0.01 }
     }
 }
@@ -194,3 +194,16 @@ final class Reporter {
 }
 
 func fmt(_ x: Double?, _ digits: Int = 1) -> String { x.map { String(format: "%.\(digits)f", $0) } ?? "-" }
+
+/// A zeroed float buffer the kernels write into directly (the library keeps its arenas' pointers
+/// internal; a kernel bench needs them).
+final class KernelBuffer {
+    let count: Int
+    let base: UnsafeMutablePointer<Float>
+    init(count: Int) {
+        self.count = count
+        base = .allocate(capacity: max(count, 1))
+        base.initialize(repeating: 0, count: max(count, 1))
+    }
+    deinit { base.deallocate() }
+}

@@ -39,14 +39,14 @@ func benchKernels(_ o: BenchOptions, _ out: Reporter) throws -> [KernelRecord] {
     print("# step kernels: adapter method, batch \(B), \(N) tokens; backward through \(backLayers) of \(L) layers")
 
     var rng = SplitMix64(seed: 99)
-    func arena(_ n: Int, _ scale: Float = 1) -> FloatArena {
-        let a = FloatArena(count: n)
+    func arena(_ n: Int, _ scale: Float = 1) -> KernelBuffer {
+        let a = KernelBuffer(count: n)
         for i in 0..<n { a.base[i] = scale * (2 * rng.nextUnit() - 1) }
         return a
     }
     var p = dr_bert_params()
     var kc = kernelConfig(cfg)
-    dr_bert_params_point(&p, encoder.weights.arena.base, &kc)
+    encoder.weights.arena.withUnsafeMutablePointer { dr_bert_params_point(&p, $0, &kc) }  // the encoder keeps its arena alive
     let PS = batch.cuSeqlens.withUnsafeBufferPointer { Int(dr_attention_prob_size($0.baseAddress, Int64(B), Int64(NH))) }
     let maxT = (0..<B).map { batch.length($0) }.max()!
     let x = arena(N * I), y = arena(N * I), dy = arena(N * I), qkv = arena(N * 3 * C), dqkv = arena(N * 3 * C)

@@ -89,73 +89,11 @@ public struct LinearProbe: Sendable {
         var weight = [Float](repeating: 0, count: k * d), bias = [Float](repeating: 0, count: k)
         guard n > 0 else { return LinearProbe(dim: d, classes: k, mean: mean, invStd: invStd, weight: weight, bias: bias) }
 
-        let batch = min(config.batchSize, n)
-        var xb = [Float](repeating: 0, count: batch * d)      // (B, d) gathered rows
-        var logits = [Float](repeating: 0, count: batch * k)  // (B, k), then dloss/dlogits in place
-        var gradW = [Float](repeating: 0, count: k * d)       // (k, d)
-        var gradB = [Float](repeating: 0, count: k)
-        var mW = gradW, vW = gradW, mB = gradB, vB = gradB
-        let beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
-        var order = Array(0..<n)
-        var rng = SplitMix64(seed: config.seed)
-        var step = 0
-
-        for _ in 0..<config.epochs {
-            // Fisher-Yates written out, so the order does not depend on the standard library's shuffle.
-            for i in stride(from: n - 1, to: 0, by: -1) {
-                order.swapAt(i, Int(rng.next() % UInt64(i + 1)))
-            }
-            for start in stride(from: 0, to: n, by: batch) {
-                let b = min(batch, n - start)
-                x.withUnsafeBufferPointer { src in
-                    xb.withUnsafeMutableBufferPointer { dst in
-                        for r in 0..<b {
-                            (dst.baseAddress! + r * d).update(from: src.baseAddress! + order[start + r] * d, count: d)
-                        }
-                    }
-                }
-                // logits (b, k) = xb (b, d) · Wᵀ
-                dr_sgemm(0, 1, Int64(b), Int64(k), Int64(d), 1, xb, Int64(d), weight, Int64(d), 0, &logits, Int64(k))
-                // Softmax, then dloss/dlogits = (p − onehot) / b, written over the logits.
-                logits.withUnsafeMutableBufferPointer { z in
-                    let scale = 1 / Float(b)
-                    for r in 0..<b {
-                        let row = z.baseAddress! + r * k
-                        var top = -Float.infinity
-                        for c in 0..<k { row[c] += bias[c]; top = max(top, row[c]) }
-                        var total: Float = 0
-                        for c in 0..<k { row[c] = exp(row[c] - top); total += row[c] }
-                        let y = Int(labels[order[start + r]])
-                        for c in 0..<k { row[c] = (row[c] / total - (c == y ? 1 : 0)) * scale }
-                    }
-                }
-                // gradW (k, d) = dlogitsᵀ (k, b) · xb (b, d); gradB = Σ_rows dlogits
-                dr_sgemm(1, 0, Int64(k), Int64(d), Int64(b), 1, logits, Int64(k), xb, Int64(d), 0, &gradW, Int64(d))
-                for c in 0..<k { gradB[c] = 0 }
-                for r in 0..<b { for c in 0..<k { gradB[c] += logits[r * k + c] } }
-
-                step += 1
-                let c1 = 1 / (1 - pow(beta1, Float(step))), c2 = 1 / (1 - pow(beta2, Float(step)))
-                let lr = config.learningRate, l2 = config.l2
-                weight.withUnsafeMutableBufferPointer { w in
-                    gradW.withUnsafeBufferPointer { g in
-                        mW.withUnsafeMutableBufferPointer { m in
-                            vW.withUnsafeMutableBufferPointer { v in
-                                for i in 0..<(k * d) {
-                                    let gi = g[i] + l2 * w[i]
-                                    m[i] = beta1 * m[i] + (1 - beta1) * gi
-                                    v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
-                                    w[i] -= lr * (m[i] * c1) / ((v[i] * c2).squareRoot() + eps)
-                                }
-                            }
-                        }
-                    }
-                }
-                for c in 0..<k {
-                    mB[c] = beta1 * mB[c] + (1 - beta1) * gradB[c]
-                    vB[c] = beta2 * vB[c] + (1 - beta2) * gradB[c] * gradB[c]
-                    bias[c] -= lr * (mB[c] * c1) / ((vB[c] * c2).squareRoot() + eps)
-                }
+        weight.withUnsafeMutableBufferPointer { w in
+            bias.withUnsafeMutableBufferPointer { bb in
+                SoftmaxRegression.fit(features: x, labels: labels, dim: d, classes: k, weight: w.baseAddress!, bias: bb.baseAddress!,
+                                      config: .init(epochs: config.epochs, batchSize: config.batchSize, learningRate: config.learningRate,
+                                                    l2: config.l2, seed: config.seed))
             }
         }
         return LinearProbe(dim: d, classes: k, mean: mean, invStd: invStd, weight: weight, bias: bias)
@@ -168,16 +106,8 @@ public struct LinearProbe: Sendable {
         guard n > 0 else { return [] }
         let x = LinearProbe.standardise(features, rows: n, dim: dim, mean: mean, invStd: invStd)
         var logits = [Float](repeating: 0, count: n * classes) // (n, classes)
-        dr_sgemm(0, 1, Int64(n), Int64(classes), Int64(dim), 1, x, Int64(dim), weight, Int64(dim), 0, &logits, Int64(classes))
-        return (0..<n).map { r in
-            var best = 0
-            var top = logits[r * classes] + bias[0]
-            for c in 1..<classes where logits[r * classes + c] + bias[c] > top {
-                best = c
-                top = logits[r * classes + c] + bias[c]
-            }
-            return Int32(best)
-        }
+        dr_matmul_forward(&logits, x, weight, bias, Int64(n), Int64(dim), Int64(classes))
+        return (0..<n).map { Int32(argmax(logits, row: $0, width: classes, in: 0..<classes)) }
     }
 
     /// Fits a probe on the training rows and returns its macro F1 (0...1, `macroF1` over classes

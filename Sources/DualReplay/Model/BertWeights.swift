@@ -19,7 +19,8 @@ public enum ModelError: LocalizedError, Equatable {
 /// A heap array of floats owned by Swift, handed to C kernels (llm.c's single allocation).
 public final class FloatArena {
     public let count: Int
-    public let base: UnsafeMutablePointer<Float>
+    /// Raw storage for the kernels (internal: the public API hands out arrays and closures).
+    let base: UnsafeMutablePointer<Float>
 
     public init(count: Int) {
         self.count = count
@@ -29,7 +30,11 @@ public final class FloatArena {
     deinit { base.deallocate() }
 
     public func zero() { base.update(repeating: 0, count: count) }
-    public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
+    var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
+    /// A copy of the contents.
+    public var array: [Float] { Array(buffer) }
+    /// Calls `body` with the storage (valid only inside `body`; for kernel benchmarks and tests).
+    public func withUnsafeMutablePointer<R>(_ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R { try body(base) }
     public func copy(from other: FloatArena) {
         precondition(other.count == count)
         base.update(from: other.base, count: count)

@@ -1,6 +1,6 @@
 // A continual-learning model in production: created once, then one domain at a time is onboarded
-// (trained exactly as `ExperimentRunner.runSequential` trains a domain), every known domain is
-// re-evaluated on its frozen test split, and the whole state is saved as a new version.
+// (trained by the same `DomainTrainer` the experiment runner uses), every known domain is
+// re-evaluated on its frozen test split (`Evaluator`), and the whole state is saved as a new version.
 import CKernels
 import Foundation
 
@@ -69,22 +69,22 @@ public final class ContinualState {
     public private(set) var metrics: [MetricsRow]
     /// Val and test rows of each domain (indexed like `manifest.domains`).
     public private(set) var domainExamples: [[IntentExample]]
-    private(set) var sequential: ExperimentRunner.SequentialState
+    private(set) var learner: LearnerState
     public var progress: (String) -> Void = { _ in }
     /// The general stream's source texts; only needed while no domain is trained yet.
     private var generalTexts: [String]
 
-    public var model: ContinualModel { sequential.model }
-    public var router: DomainRouter? { sequential.router }
+    public var model: ContinualModel { learner.model }
+    public var router: DomainRouter? { learner.router }
     public var settings: MethodSettings { manifest.settings }
 
     private init(encoder: SentenceEncoder, manifest: StateManifest, metrics: [MetricsRow], domainExamples: [[IntentExample]],
-                 sequential: ExperimentRunner.SequentialState, generalTexts: [String]) {
+                 learner: LearnerState, generalTexts: [String]) {
         self.encoder = encoder
         self.manifest = manifest
         self.metrics = metrics
         self.domainExamples = domainExamples
-        self.sequential = sequential
+        self.learner = learner
         self.generalTexts = generalTexts
     }
 
@@ -103,9 +103,8 @@ public final class ContinualState {
             config: config, settings: settings, seed: config.seed ?? 0, byteBudget: training.bufferBytes ?? 0, domains: [],
             modelOptimizerStep: 0, routerOptimizerStep: nil, trainingRNG: 0, modelRNG: 0, bestValidationF1: [], tensors: [], files: [])
         // the model and buffers are built when the first domain fixes the byte budget (`onboard`)
-        let placeholder = ExperimentRunner.SequentialState(model: ContinualModel(base: w, spec: settings.spec, seed: 0), router: nil,
-                                                           rng: SplitMix64(seed: 0))
-        return ContinualState(encoder: encoder, manifest: manifest, metrics: [], domainExamples: [], sequential: placeholder,
+        let placeholder = LearnerState(model: ContinualModel(base: w, spec: settings.spec, seed: 0), router: nil, rng: SplitMix64(seed: 0))
+        return ContinualState(encoder: encoder, manifest: manifest, metrics: [], domainExamples: [], learner: placeholder,
                               generalTexts: generalTexts)
     }
 
@@ -121,12 +120,12 @@ public final class ContinualState {
         guard loaded.domainExamples.count == mf.domains.count, !mf.domains.isEmpty else {
             throw StateError.malformed(file: manifestPath, reason: "\(mf.domains.count) domains but \(loaded.domainExamples.count) domain files")
         }
-        let runner = try makeRunner(mf, encoder: encoder, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
-        let st = try runner.makeSequentialState(mf.settings, seed: mf.seed)
-        var rng = SplitMix64(seed: 0)
-        for d in runner.scenario.domains { runner.addDomain(st.model, d, mf.settings, rng: &rng) }
+        // the structure comes from the registry (no training is replayed); the values from the file
+        let scenario = try makeScenario(mf, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
+        let m = ContinualModel(base: encoder.weights, spec: mf.settings.spec, seed: 0)
+        for d in scenario.domains { m.addDomain(name: d.name, intents: d.intents) }
         // the layout must match the saved one exactly: names, shapes, offsets
-        let store = st.model.store
+        let store = m.store
         guard store.tensors.count == mf.tensors.count else {
             throw StateError.tensorMismatch(file: manifestPath, tensor: "(layout)",
                                             reason: "the method's spec builds \(store.tensors.count) tensors, the state has \(mf.tensors.count)")
@@ -140,21 +139,19 @@ public final class ContinualState {
             store.setTrainable(t.trainable) { $0.name == t.name }
             store.setTrainableRows(t.name, t.trainableRows)
         }
-        st.model.rebuildViews()
-        st.model.optimizerStep = mf.modelOptimizerStep
-        st.model.rngState = SplitMix64(seed: mf.modelRNG)
+        m.rebuildViews()
+        m.optimizerStep = mf.modelOptimizerStep
+        m.rngState = SplitMix64(seed: mf.modelRNG)
+        let st = LearnerState(model: m, router: mf.settings.router ? DomainRouter(model: m) : nil, rng: SplitMix64(seed: mf.trainingRNG))
         st.router?.step = mf.routerOptimizerStep ?? 0
-        st.rng = SplitMix64(seed: mf.trainingRNG)
-        st.bestVal = mf.bestValidationF1
-        st.reservoir = nil
-        st.dual = nil
+        st.bestValidationF1 = mf.bestValidationF1
         switch loaded.buffer {
         case .reservoir(let s)?: st.reservoir = try ReservoirBuffer(state: s)
         case .dualStream(let s)?: st.dual = try DualStreamBuffer(state: s)
         case nil: break
         }
         return ContinualState(encoder: encoder, manifest: mf, metrics: loaded.metrics, domainExamples: loaded.domainExamples,
-                              sequential: st, generalTexts: [])
+                              learner: st, generalTexts: [])
     }
 
     /// Loads the current version of `dir` and restores it on `encoder`.
@@ -170,18 +167,25 @@ public final class ContinualState {
         }
     }
 
-    /// A runner over `domains` (in training order) with the state's config and byte budget.
-    private static func makeRunner(_ mf: StateManifest, encoder: SentenceEncoder, domains: [DomainData],
-                                   generalTexts: [String] = []) throws -> ExperimentRunner {
-        var cfg = mf.config
-        var training = cfg.training ?? TrainingDefaults()
-        if mf.byteBudget > 0 { training.bufferBytes = mf.byteBudget }
-        cfg.training = training
+    /// The scenario of `domains` in training order; its class offsets must be the registry's.
+    private static func makeScenario(_ mf: StateManifest, domains: [DomainData]) throws -> Scenario {
         let scenario = try Scenario(domains: domains)
         for (d, r) in zip(scenario.domains, mf.domains) where Int(d.labelOffset) != r.classOffset || d.intents != r.intents {
             throw StateError.malformed(file: StateDirectory.manifestName, reason: "domain \"\(r.name)\": class offset or intents do not match the registry")
         }
-        return ExperimentRunner(config: cfg, scenario: scenario, encoder: encoder, generalTexts: generalTexts, codeVersion: mf.codeVersion ?? "unknown")
+        return scenario
+    }
+
+    /// The state's training settings, with its byte budget once the first domain fixed it.
+    private var training: TrainingDefaults {
+        var t = manifest.config.training ?? TrainingDefaults()
+        if manifest.byteBudget > 0 { t.bufferBytes = manifest.byteBudget }
+        return t
+    }
+
+    /// The rows of `split` the state evaluates a domain on (the config's cap applies).
+    private func rows(_ d: ScenarioDomain, _ split: Split) -> [IntentExample] {
+        d.evaluationRows(split, cap: manifest.config.data.maxEvalPerDomain)
     }
 
     /// Exactly one domain from a JSONL file (errors name the file and line).
@@ -234,12 +238,15 @@ public final class ContinualState {
         }
         let known = try ContinualState.scenarioDomains(manifest, domainExamples, file: StateDirectory.manifestName)
         let first = manifest.domains.isEmpty
-        let runner = try ContinualState.makeRunner(manifest, encoder: encoder, domains: known + [domain], generalTexts: generalTexts)
-        runner.progress = progress
-        var st = sequential
+        let scenario = try ContinualState.makeScenario(manifest, domains: known + [domain])
+        let tokens = TokenCache(tokenizer: encoder.tokenizer, maxLength: training.maxLength)
+        let trainer = DomainTrainer(settings: settings, training: training, encoder: encoder, tokens: tokens)
+        trainer.progress = progress
+        var st = learner
         if first {
-            manifest.byteBudget = runner.byteBudget
-            st = try runner.makeSequentialState(settings, seed: manifest.seed)
+            manifest.byteBudget = training.bufferBytes
+                ?? ByteBudget.forExamples(training.bufferExamples, meanOf: scenario.domains.flatMap { tokens.ids($0.train.map(\.text)) })
+            st = try trainer.makeLearner(seed: manifest.seed, byteBudget: manifest.byteBudget, generalTexts: generalTexts)
         }
         if let plan {
             let sum = OnboardingCheckpoint.domainChecksum(domain)
@@ -258,38 +265,32 @@ public final class ContinualState {
                 guard r.baseModel == model, r.configChecksum == config else {
                     throw CheckpointError.doesNotMatch(file: file, reason: "it was written with another base model or method configuration")
                 }
-                runner.pendingResume = r.phase
+                trainer.loop.resume = r.phase
             }
-            runner.checkpointEvery = plan.every
-            runner.onCheckpoint = { phase in
+            trainer.loop.checkpointEvery = plan.every
+            trainer.loop.onCheckpoint = { phase in
                 try OnboardingCheckpoint(domain: domain.name, domainChecksum: sum, baseVersion: base, baseModel: model,
                                          configChecksum: config, phase: phase).write(to: plan.url)
             }
-            runner.shouldStop = plan.shouldStop
-            runner.afterStep = plan.afterStep
+            trainer.loop.shouldStop = plan.shouldStop
+            trainer.loop.afterStep = plan.afterStep
         }
-        let seen = runner.scenario.domains
+        let seen = scenario.domains
         let k = seen.count - 1
-        let step = try runner.trainDomain(st, settings, seen: seen, label: "\(k + 1)")
+        let step = try trainer.learn(st, domain: seen[k], validation: seen.map { rows($0, .val) }, label: "\(k + 1)")
         // evaluation of every seen domain on its frozen split
-        var routed: [Double] = [], oracle: [Double] = [], racc: [Double] = [], oacc: [Double] = []
-        var correct = 0, total = 0
-        for j in 0...k {
-            let e = runner.evaluate(st.model, router: st.router, domain: j, examples: runner.split(seen[j], runner.evalSplit))
-            routed.append(e.routedF1); oracle.append(e.oracleF1); racc.append(e.routedAcc); oacc.append(e.oracleAcc)
-            correct += e.routerCorrect
-            total += e.count
-        }
+        let evalSplit: Split = manifest.config.evalSplit == "val" ? .val : .test
+        let eval = Evaluator(predictor: trainer.predictor(st), tokens: tokens).row(seen.map { rows($0, evalSplit) })
         let previous = metrics.last
         let fromVersion = first ? nil : manifest.version
         // commit to the in-memory state (a failed save leaves the directory as it was)
-        if first { sequential = st }
+        if first { learner = st }
         manifest.domains.append(DomainRecord(name: domain.name, intents: seen[k].intents, classOffset: Int(seen[k].labelOffset),
                                              trainExamples: domain.train.count, dataFile: ""))
         domainExamples.append(domain.val + domain.test)
-        let row = MetricsRow(version: manifest.version + 1, domainAdded: domain.name, domains: seen.map(\.name), routedF1: routed,
-                             oracleF1: oracle, routedAccuracy: racc, oracleAccuracy: oacc, validationF1: step.validationF1,
-                             routerAccuracy: st.router == nil ? nil : Double(correct) / Double(max(total, 1)),
+        let row = MetricsRow(version: manifest.version + 1, domainAdded: domain.name, domains: seen.map(\.name), routedF1: eval.routedF1,
+                             oracleF1: eval.oracleF1, routedAccuracy: eval.routedAccuracy, oracleAccuracy: eval.oracleAccuracy,
+                             validationF1: step.validationF1, routerAccuracy: eval.routerAccuracy,
                              createdAt: ISO8601DateFormatter().string(from: Date()))
         metrics.append(row)
         generalTexts = []
@@ -307,7 +308,7 @@ public final class ContinualState {
     }
 
     func diff(previous: MetricsRow?, fromVersion: Int?) -> StateDiff {
-        let st = sequential
+        let st = learner
         let row = metrics.last!
         let names = manifest.domains.map(\.name)
         var occupancy: [Int32: (items: Int, bytes: Int)] = [:]
@@ -357,7 +358,7 @@ public final class ContinualState {
 
     /// Everything needed to continue, as `StateDirectory.save` writes it.
     public func snapshot() -> StateSnapshot {
-        let st = sequential
+        let st = learner
         var mf = manifest
         let store = st.model.store
         mf.tensors = store.tensors
@@ -365,15 +366,16 @@ public final class ContinualState {
         mf.modelRNG = st.model.rngState.state
         mf.routerOptimizerStep = st.router?.step
         mf.trainingRNG = st.rng.state
-        mf.bestValidationF1 = st.bestVal
+        mf.bestValidationF1 = st.bestValidationF1
         var config = mf.config
         var training = config.training ?? TrainingDefaults()
         training.bufferBytes = mf.byteBudget
         config.training = training
         mf.config = config
         let buffer: ReplayBufferSnapshot? = st.dual.map { .dualStream($0.state) } ?? st.reservoir.map { .reservoir($0.state) }
-        return StateSnapshot(manifest: mf, values: Array(store.values.buffer), moment1: Array(store.moment1.buffer),
-                             moment2: Array(store.moment2.buffer), buffer: buffer, metrics: metrics, domainExamples: domainExamples)
+        return store.withArrays { v, m1, m2 in
+            StateSnapshot(manifest: mf, values: v, moment1: m1, moment2: m2, buffer: buffer, metrics: metrics, domainExamples: domainExamples)
+        }
     }
 
     /// Saves a new version into `dir` and makes it current; returns its number.
@@ -387,66 +389,22 @@ public final class ContinualState {
 
     // MARK: - Prediction
 
-    /// Routed predictions for texts: router → gate → head of the routed domain.
+    /// Routed predictions for texts through the `RoutedPredictor`: router → gate → head of the
+    /// routed domain (without a router, the argmax over every seen class decides the domain).
     public func predict(_ texts: [String]) -> [Prediction] {
-        let st = sequential, m = st.model
+        let st = learner, m = st.model, K = m.domains.count
         let maxLength = (manifest.config.training ?? TrainingDefaults()).maxLength
-        let tok = encoder.tokenizer
-        let K = m.domains.count, V = m.classCount
-        var out: [Prediction] = []
-        for start in stride(from: 0, to: texts.count, by: 64) {
-            let part = Array(texts[start..<min(texts.count, start + 64)])
-            let seqs: [[Int32]] = part.map {
-                var t = tok.encode($0)
-                if t.count > maxLength { t = Array(t.prefix(maxLength - 1)) + [tok.sepId] }
-                return t
+        let predictor = RoutedPredictor(model: m, router: st.router, rescoreTopK: settings.routerRescoreTopK ?? 1,
+                                        rescoreThreshold: settings.routerRescoreThreshold ?? 0.9)
+        let out = predictor.predict(texts.map { encoder.tokenizer.encode($0, maxLength: maxLength) }, features: .live)
+        return texts.indices.map { b in
+            let d = m.domains[out.domains[b]]
+            let top = out.probabilities.map { p in
+                (0..<K).sorted { p[b * K + $0] > p[b * K + $1] }.prefix(3)
+                    .map { Prediction.DomainProbability(domain: m.domains[$0].name, probability: Double(p[b * K + $0])) }
             }
-            let B = seqs.count
-            var probs: [Float]? = nil
-            var gates = [Int32](repeating: Int32(K - 1), count: B)
-            let batch = PackedBatch(seqs)
-            var routed = false
-            if let router = st.router {
-                if K > 1 {
-                    routed = true
-                    let p = router.probabilities(m.routerFeatures(batch), count: B)
-                    probs = p
-                    for b in 0..<B { gates[b] = Int32((0..<K).max { p[b * K + $0] < p[b * K + $1] }!) }
-                } else {
-                    probs = [Float](repeating: 1, count: B)
-                    gates = [Int32](repeating: 0, count: B)
-                }
-            }
-            // the gated pass continues from the layers routing already ran (when they are gate-free);
-            // with head rescoring, uncertain routes also run their next candidates' passes
-            var lg: [Float]
-            if routed, let router = st.router, router.rescoreTopK > 1, let p = probs {
-                (gates, lg) = router.rescore(seqs, probabilities: p)
-            } else {
-                lg = routed && m.resumeLayer > 0 ? m.continueLogits(batch, gateIds: gates, fromLayer: m.resumeLayer)
-                                                 : m.logits(seqs, gateIds: gates)
-            }
-            for b in 0..<B {
-                let row = Array(lg[(b * V)..<((b + 1) * V)])
-                var k = Int(gates[b])
-                if st.router == nil {
-                    // no router: the argmax over every seen class decides the domain (as `evaluate`)
-                    let c = (0..<V).max { row[$0] < row[$1] }!
-                    k = m.domains.firstIndex { $0.classRange.contains(c) }!
-                }
-                let r = m.domains[k].classRange
-                let best = r.max { row[$0] < row[$1] }!
-                var z = 0.0
-                for c in r { z += exp(Double(row[c] - row[best])) }
-                var top: [Prediction.DomainProbability]? = nil
-                if let p = probs {
-                    top = (0..<K).sorted { p[b * K + $0] > p[b * K + $1] }.prefix(3)
-                        .map { Prediction.DomainProbability(domain: m.domains[$0].name, probability: Double(p[b * K + $0])) }
-                }
-                out.append(Prediction(text: part[b], domain: m.domains[k].name, intent: m.domains[k].intents[best - r.lowerBound],
-                                      confidence: 1 / z, router: top, gate: Int(gates[b])))
-            }
+            return Prediction(text: texts[b], domain: d.name, intent: d.intents[out.classes[b] - d.classOffset],
+                              confidence: out.confidence(b, model: m), router: top, gate: st.router == nil ? K - 1 : out.domains[b])
         }
-        return out
     }
 }

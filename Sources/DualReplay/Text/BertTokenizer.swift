@@ -121,6 +121,17 @@ public struct BertTokenizer: Sendable {
         return ids
     }
 
+    /// As `encode`, truncated to at most `maxLength` ids ([CLS] and [SEP] included; the
+    /// tokenizer's own `maxLength` still caps it).
+    public func encode(_ text: String, maxLength limit: Int) -> [Int32] {
+        let n = max(2, min(limit, maxLength))
+        var ids: [Int32] = [clsId]
+        ids.reserveCapacity(min(n, 64))
+        appendTokenIds(of: text, to: &ids, limit: n - 1)
+        ids.append(sepId)
+        return ids
+    }
+
     public func encodeBatch(_ texts: [String]) -> [[Int32]] {
         texts.map { encode($0) }
     }

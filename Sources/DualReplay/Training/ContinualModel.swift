@@ -140,7 +140,7 @@ public final class ContinualModel {
     public var config: BertConfig { base.config }
     public var classCount: Int { domains.last.map { $0.classOffset + $0.intents.count } ?? 0 }
     /// Floats of the router's intent prototypes (frozen statistics, not trained; 0 when off).
-    public var prototypeFloats: Int { store.contains("router.proto") ? store.tensor("router.proto").count : 0 }
+    public var prototypeFloats: Int { store.contains(TensorName.routerPrototypes) ? store.tensor(TensorName.routerPrototypes).count : 0 }
     public let adapterLayers: [Int]
     public private(set) var loraSets = 0
     public var optimizerStep = 0
@@ -174,26 +174,29 @@ public final class ContinualModel {
         let R = spec.bottleneck
         if spec.fullFineTune {
             let n = base.arena.count
-            store.add("base", shape: [n], group: "base", decay: true) { base.arena.base[$0] }
+            store.add(TensorName.base, shape: [n], group: "base", decay: true) { base.arena.base[$0] }
         }
         for s in adapterLayers.indices {
             // down: small random; up: zero so a fresh adapter is the identity
             let sd = 1 / Float(C).squareRoot()
-            store.add("adapter.\(s).down.w", shape: [R, C], group: "adapter", decay: true) { _ in sd * rng.nextGaussian() }
-            store.add("adapter.\(s).down.b", shape: [R], group: "adapter") { _ in 0 }
-            store.add("adapter.\(s).up.w", shape: [C, R], group: "adapter", decay: true) { _ in 0 }
-            store.add("adapter.\(s).up.b", shape: [C], group: "adapter") { _ in 0 }
-            store.add("adapter.\(s).gates", shape: [0, R], group: "gate") { _ in 0 }
+            store.add(TensorName.adapter(s, "down.w"), shape: [R, C], group: "adapter", decay: true) { _ in sd * rng.nextGaussian() }
+            store.add(TensorName.adapter(s, "down.b"), shape: [R], group: "adapter") { _ in 0 }
+            store.add(TensorName.adapter(s, "up.w"), shape: [C, R], group: "adapter", decay: true) { _ in 0 }
+            store.add(TensorName.adapter(s, "up.b"), shape: [C], group: "adapter") { _ in 0 }
+            store.add(TensorName.gates(s), shape: [0, R], group: "gate") { _ in 0 }
         }
         if spec.lora && !spec.loraPerDomain { addLoRASet(&rng) }
         let Hd = spec.routerHidden
-        store.add("router.w1", shape: [Hd, C], group: "router", decay: true) { _ in rng.nextGaussian() / Float(C).squareRoot() }
-        store.add("router.b1", shape: [Hd], group: "router") { _ in 0 }
-        store.add("router.w2", shape: [0, Hd], group: "router", decay: true) { _ in 0 }
-        store.add("router.b2", shape: [0], group: "router") { _ in 0 }
+        store.add(TensorName.routerW1, shape: [Hd, C], group: "router", decay: true) { _ in rng.nextGaussian() / Float(C).squareRoot() }
+        store.add(TensorName.routerB1, shape: [Hd], group: "router") { _ in 0 }
+        store.add(TensorName.routerW2, shape: [0, Hd], group: "router", decay: true) { _ in 0 }
+        store.add(TensorName.routerB2, shape: [0], group: "router") { _ in 0 }
         if spec.routerPrototypes != nil {
-            store.add("router.proto", shape: [0, C], group: "router", trainable: false) { _ in 0 }
+            store.add(TensorName.routerPrototypes, shape: [0, C], group: "router", trainable: false) { _ in 0 }
         }
+        // the heads: ONE linear layer over every seen class; a domain adds its intents' rows
+        store.add(TensorName.headWeight, shape: [0, C], group: "head", decay: true) { _ in 0 }
+        store.add(TensorName.headBias, shape: [0], group: "head") { _ in 0 }
         rngState = rng
         rebuildViews()
     }
@@ -224,8 +227,8 @@ public final class ContinualModel {
         let k = loraSets, C = config.hidden, r = spec.loraRank
         for l in 0..<config.layers {
             for part in ["q", "v"] {
-                store.add("lora.\(k).\(l).\(part).A", shape: [r, C], group: "lora", decay: true) { _ in rng.nextGaussian() / Float(C).squareRoot() }
-                store.add("lora.\(k).\(l).\(part).B", shape: [C, r], group: "lora", decay: true) { _ in 0 }
+                store.add(TensorName.lora(k, l, part, "A"), shape: [r, C], group: "lora", decay: true) { _ in rng.nextGaussian() / Float(C).squareRoot() }
+                store.add(TensorName.lora(k, l, part, "B"), shape: [C, r], group: "lora", decay: true) { _ in 0 }
             }
         }
         loraSets += 1
@@ -240,7 +243,7 @@ public final class ContinualModel {
         domains.append(DomainSlot(name: name, intents: intents, classOffset: classCount))
         var rng = rngState
         for s in adapterLayers.indices {
-            let name = "adapter.\(s).gates"
+            let name = TensorName.gates(s)
             let prev = store.array(name)
             let R = spec.bottleneck
             store.appendRows(name, rows: 1) { i in
@@ -248,11 +251,11 @@ public final class ContinualModel {
             }
         }
         let n = intents.count
-        store.add("head.\(k).w", shape: [n, C], group: "head", decay: true) { _ in rng.nextGaussian() * 0.02 }
-        store.add("head.\(k).b", shape: [n], group: "head") { _ in 0 }
-        store.appendRows("router.w2", rows: 1) { _ in rng.nextGaussian() / Float(spec.routerHidden).squareRoot() }
-        store.appendRows("router.b2", rows: 1) { _ in 0 }
-        if spec.routerPrototypes != nil { store.appendRows("router.proto", rows: n) { _ in 0 } }
+        store.appendRows(TensorName.headWeight, rows: n) { _ in rng.nextGaussian() * 0.02 }
+        store.appendRows(TensorName.headBias, rows: n) { _ in 0 }
+        store.appendRows(TensorName.routerW2, rows: 1) { _ in rng.nextGaussian() / Float(spec.routerHidden).squareRoot() }
+        store.appendRows(TensorName.routerB2, rows: 1) { _ in 0 }
+        if spec.routerPrototypes != nil { store.appendRows(TensorName.routerPrototypes, rows: n) { _ in 0 } }
         if spec.loraPerDomain {
             store.setTrainable(false) { $0.group == "lora" }
             addLoRASet(&rng)
@@ -269,23 +272,23 @@ public final class ContinualModel {
     func rebuildViews() {
         let L = config.layers
         var cfg = config.kernelConfig
-        let baseValues = spec.fullFineTune ? store.value("base") : base.arena.base
+        let baseValues = spec.fullFineTune ? store.value(TensorName.base) : base.arena.base
         dr_bert_params_point(&baseParams, baseValues, &cfg)
-        if spec.fullFineTune { dr_bert_params_point(&baseGrads, store.grad("base"), &cfg) }
+        if spec.fullFineTune { dr_bert_params_point(&baseGrads, store.grad(TensorName.base), &cfg) }
         // pointer table: adapter (5 values + 5 grads per slot), LoRA (A,B values + grads)
         ptrs.removeAll()
         let S = adapterLayers.count
         for field in ["down.w", "down.b", "up.w", "up.b", "gates"] {
-            for s in 0..<S { ptrs.append(store.value("adapter.\(s).\(field)")) }
+            for s in 0..<S { ptrs.append(store.value(TensorName.adapter(s, field))) }
         }
         for field in ["down.w", "down.b", "up.w", "up.b", "gates"] {
-            for s in 0..<S { ptrs.append(store.gradIfTrainable("adapter.\(s).\(field)")) }
+            for s in 0..<S { ptrs.append(store.gradIfTrainable(TensorName.adapter(s, field))) }
         }
         for which in ["A", "B"] {
-            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.value("lora.\(k).\(l).\(part).\(which)")) } } }
+            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.value(TensorName.lora(k, l, part, which))) } } }
         }
         for which in ["A", "B"] {
-            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.gradIfTrainable("lora.\(k).\(l).\(part).\(which)")) } } }
+            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.gradIfTrainable(TensorName.lora(k, l, part, which))) } } }
         }
         ptrArena.deallocate()
         ptrArena = .allocate(capacity: max(ptrs.count, 1))
@@ -375,14 +378,10 @@ public final class ContinualModel {
             batch.cuSeqlens.withUnsafeBufferPointer { cu in
                 dr_mean_pool_forward(pooled.baseAddress, last, cu.baseAddress, Int64(B), Int64(C))
             }
+            // logits (B,V) = pooled (B,C) · head.wᵀ + head.b
             logitsBuf.withUnsafeMutableBufferPointer { logits in
-                for (k, d) in domains.enumerated() {
-                    let n = d.intents.count
-                    let bias = store.value("head.\(k).b")
-                    for b in 0..<B { for j in 0..<n { logits[b * V + d.classOffset + j] = bias[j] } }
-                    dr_sgemm(0, 1, Int64(B), Int64(n), Int64(C), 1, pooled.baseAddress, Int64(C), store.value("head.\(k).w"), Int64(C),
-                             1, logits.baseAddress! + d.classOffset, Int64(V))
-                }
+                dr_matmul_forward(logits.baseAddress, pooled.baseAddress, store.value(TensorName.headWeight), store.value(TensorName.headBias),
+                                  Int64(B), Int64(C), Int64(V))
             }
         }
     }
@@ -441,10 +440,6 @@ public final class ContinualModel {
     /// Learning-rate multiplier of the shared adapter projections (`isSharedAdapter`).
     public var sharedLRScale: Float = 1
 
-    /// The shared adapter's projections (not its per-domain gate table).
-    public static func isSharedAdapter(_ name: String) -> Bool {
-        name.hasPrefix("adapter.") && (name.hasSuffix(".down.w") || name.hasSuffix(".down.b") || name.hasSuffix(".up.w") || name.hasSuffix(".up.b"))
-    }
 
     private var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
 
@@ -461,7 +456,7 @@ public final class ContinualModel {
         let segments = store.trainableSegments { $0.group != "router" }
         var scales: [Float]? = nil
         if sharedLRScale != 1 {
-            let shared = Set(store.trainableSegments { $0.group != "router" && Self.isSharedAdapter($0.name) }.map(\.offset))
+            let shared = Set(store.trainableSegments { $0.group != "router" && TensorName.isSharedAdapter($0.name) }.map(\.offset))
             scales = segments.map { shared.contains($0.offset) ? sharedLRScale : 1 }
         }
         parts.gradNorm = optimizer.apply(store, segments: segments, lr: lr, t: optimizerStep, scales: scales)
@@ -517,19 +512,10 @@ public final class ContinualModel {
             }
             parts.anchor = dr_mse_forward_backward(&dpooled, pooledBuf, t, nil, nil, w, Int64(B), Int64(C))
         }
-        // heads backward: dpooled += dlogits[:, range_k]·W_k; dW_k += dlogits[:, range_k]ᵀ·pooled
-        dlogits.withUnsafeBufferPointer { dl in
-            for (k, d) in domains.enumerated() {
-                let n = d.intents.count
-                let src = dl.baseAddress! + d.classOffset
-                dr_sgemm(0, 0, Int64(B), Int64(C), Int64(n), 1, src, Int64(V), store.value("head.\(k).w"), Int64(C), 1, &dpooled, Int64(C))
-                if let gw = store.gradIfTrainable("head.\(k).w") {
-                    dr_sgemm(1, 0, Int64(n), Int64(C), Int64(B), 1, src, Int64(V), pooledBuf, Int64(C), 1, gw, Int64(C))
-                    let gb = store.grad("head.\(k).b")
-                    for b in 0..<B { for j in 0..<n { gb[j] += dl[b * V + d.classOffset + j] } }
-                }
-            }
-        }
+        // heads backward: dpooled += dlogits·head.w; d head.w += dlogitsᵀ·pooled; d head.b += Σ rows
+        let headTrains = store.tensor(TensorName.headWeight).trainable
+        dr_matmul_backward(&dpooled, headTrains ? store.grad(TensorName.headWeight) : nil, headTrains ? store.grad(TensorName.headBias) : nil,
+                           dlogits, pooledBuf, store.value(TensorName.headWeight), Int64(B), Int64(C), Int64(V))
         // encoder backward
         let stop = firstTrainableLayer
         if stop < config.layers || !adapterLayers.isEmpty {
@@ -567,10 +553,10 @@ public final class ContinualModel {
             var scratch = [Float](repeating: 0, count: Int(dr_olora_scratch_size(Int64(r), Int64(r))))
             for l in 0..<config.layers {
                 for part in ["q", "v"] {
-                    let newA = store.value("lora.\(k).\(l).\(part).A"), dNewA = store.grad("lora.\(k).\(l).\(part).A")
+                    let newA = store.value(TensorName.lora(k, l, part, "A")), dNewA = store.grad(TensorName.lora(k, l, part, "A"))
                     for j in 0..<k {
                         parts.orthogonality += dr_olora_penalty_forward_backward(
-                            dNewA, &scratch, store.value("lora.\(j).\(l).\(part).A"), newA,
+                            dNewA, &scratch, store.value(TensorName.lora(j, l, part, "A")), newA,
                             weights.orthogonality, Int64(r), Int64(r), Int64(C))
                     }
                 }
@@ -600,5 +586,27 @@ public final class ContinualModel {
         let batch = PackedBatch(sequences)
         forward(batch, gateIds: gateIds)
         return Array(pooledBuf[0..<(batch.count * config.hidden)])
+    }
+}
+
+extension ContinualModel {
+    /// Pooled outputs (B·C, flat) of sequences all under gate `gate`, `inferenceChunk` at a time.
+    public func pooled(_ sequences: [[Int32]], gate: Int) -> [Float] {
+        var x: [Float] = []
+        x.reserveCapacity(sequences.count * config.hidden)
+        for part in sequences.chunks() { x += pooled(Array(part), gateIds: [Int32](repeating: Int32(gate), count: part.count)) }
+        return x
+    }
+
+    /// Per sequence, domain k's logits (its class range) under gate k, `inferenceChunk` at a time:
+    /// what the buffers store for logit replay.
+    public func domainLogits(_ sequences: [[Int32]], domain k: Int) -> [[Float]] {
+        var out: [[Float]] = []
+        let r = domains[k].classRange, V = classCount
+        for part in sequences.chunks() {
+            let lg = logits(Array(part), gateIds: [Int32](repeating: Int32(k), count: part.count))
+            for b in 0..<part.count { out.append(Array(lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)])) }
+        }
+        return out
     }
 }

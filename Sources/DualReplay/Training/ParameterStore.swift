@@ -113,13 +113,25 @@ public final class ParameterStore {
         guard let i = index[name] else { preconditionFailure("unknown parameter \(name)") }
         return tensors[i]
     }
-    public func value(_ name: String) -> UnsafeMutablePointer<Float> { values.base + tensor(name).offset }
-    public func grad(_ name: String) -> UnsafeMutablePointer<Float> { grads.base + tensor(name).offset }
+    // Raw views for the kernels (internal: valid until the next structural change).
+    func value(_ name: String) -> UnsafeMutablePointer<Float> { values.base + tensor(name).offset }
+    func grad(_ name: String) -> UnsafeMutablePointer<Float> { grads.base + tensor(name).offset }
     /// The gradient pointer when the tensor trains, nil when frozen (the kernels skip its GEMM).
-    public func gradIfTrainable(_ name: String) -> UnsafeMutablePointer<Float>? {
+    func gradIfTrainable(_ name: String) -> UnsafeMutablePointer<Float>? {
         let t = tensor(name)
         return t.trainable ? grads.base + t.offset : nil
     }
+    /// Calls `body` with a tensor's values, mutable in place (valid only inside `body`).
+    public func withValues<R>(_ name: String, _ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        let t = tensor(name)
+        return try body(UnsafeMutableBufferPointer(start: values.base + t.offset, count: t.count))
+    }
+
+    /// Copies of the whole values and both moments (checkpoints, snapshots).
+    public func withArrays<R>(_ body: (_ values: [Float], _ moment1: [Float], _ moment2: [Float]) throws -> R) rethrows -> R {
+        try body(Array(values.buffer), Array(moment1.buffer), Array(moment2.buffer))
+    }
+
     public func array(_ name: String) -> [Float] {
         let t = tensor(name)
         return Array(UnsafeBufferPointer(start: values.base + t.offset, count: t.count))

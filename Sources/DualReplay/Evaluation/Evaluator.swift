@@ -1,0 +1,141 @@
+import CKernels
+import Foundation
+
+/// Routed and oracle evaluation of a model's seen domains: the rows of the R matrices, router
+/// accuracy, and the hooks the diagnostics need (linear probe, multi-intent fragility, latency).
+/// Routed predictions come from the one `RoutedPredictor`.
+public final class Evaluator {
+    public let model: ContinualModel
+    public let predictor: RoutedPredictor
+    public let tokens: TokenCache
+
+    public init(predictor: RoutedPredictor, tokens: TokenCache) {
+        self.model = predictor.model
+        self.predictor = predictor
+        self.tokens = tokens
+    }
+
+    /// Scores of one domain's examples: oracle (its own gate and head) and routed (no domain given).
+    public struct DomainScore: Sendable {
+        public var routedF1, oracleF1, routedAccuracy, oracleAccuracy: Double
+        /// Examples the router sent to their own domain, out of `count`.
+        public var routerCorrect, count: Int
+    }
+
+    /// One row of the R matrices: every seen domain after the latest one was learned.
+    public struct Row: Sendable {
+        public var routedF1: [Double] = [], oracleF1: [Double] = [], routedAccuracy: [Double] = [], oracleAccuracy: [Double] = []
+        /// Router accuracy over all the row's examples (nil without a router).
+        public var routerAccuracy: Double?
+    }
+
+    /// Global class ids of examples of domain `j` (their intents must be the domain's).
+    func labels(_ examples: [IntentExample], domain j: Int) -> [Int32] {
+        let d = model.domains[j]
+        var index: [String: Int32] = [:]
+        for (i, intent) in d.intents.enumerated() { index[intent] = Int32(d.classOffset + i) }
+        return examples.map { e in
+            guard let c = index[e.intent] else { preconditionFailure("intent \(e.intent) is not one of domain \(d.name)'s") }
+            return c
+        }
+    }
+
+    /// Oracle logits of domain `j` (its gate for every row), `inferenceChunk` rows at a time.
+    func oracleLogits(_ part: [[Int32]], domain j: Int) -> [Float] {
+        model.logits(part, gateIds: [Int32](repeating: Int32(j), count: part.count))
+    }
+
+    /// Macro-F1 of domain `j` with its own gate and head (the forgetting signal on validation rows).
+    public func oracleF1(domain j: Int, examples: [IntentExample]) -> Double {
+        let r = model.domains[j].classRange, V = model.classCount
+        var pred: [Int32] = []
+        for part in tokens.ids(examples.map(\.text)).chunks() {
+            let lg = oracleLogits(Array(part), domain: j)
+            for b in 0..<part.count { pred.append(Int32(argmax(lg, row: b, width: V, in: r))) }
+        }
+        return macroF1(predictions: pred, labels: labels(examples, domain: j), classes: r.map(Int32.init))
+    }
+
+    public func score(domain j: Int, examples: [IntentExample]) -> DomainScore {
+        let r = model.domains[j].classRange, V = model.classCount
+        var oraclePred: [Int32] = [], routedPred: [Int32] = [], routerCorrect = 0
+        for part in tokens.ids(examples.map(\.text)).chunks() {
+            let seqs = Array(part)
+            let oracle = oracleLogits(seqs, domain: j)
+            for b in 0..<seqs.count { oraclePred.append(Int32(argmax(oracle, row: b, width: V, in: r))) }
+            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: oracle))
+            routedPred += routed.classes.map(Int32.init)
+            routerCorrect += routed.domains.filter { $0 == j }.count
+        }
+        let y = labels(examples, domain: j), classes = r.map(Int32.init)
+        return DomainScore(routedF1: macroF1(predictions: routedPred, labels: y, classes: classes),
+                           oracleF1: macroF1(predictions: oraclePred, labels: y, classes: classes),
+                           routedAccuracy: accuracy(predictions: routedPred, labels: y),
+                           oracleAccuracy: accuracy(predictions: oraclePred, labels: y),
+                           routerCorrect: routerCorrect, count: examples.count)
+    }
+
+    /// The R-matrix row of every seen domain; `examples[j]` are domain j's evaluation rows.
+    public func row(_ examples: [[IntentExample]]) -> Row {
+        precondition(examples.count <= model.domains.count, "row: \(examples.count) domains, the model knows \(model.domains.count)")
+        var row = Row()
+        var correct = 0, total = 0
+        for (j, rows) in examples.enumerated() {
+            let e = score(domain: j, examples: rows)
+            row.routedF1.append(e.routedF1)
+            row.oracleF1.append(e.oracleF1)
+            row.routedAccuracy.append(e.routedAccuracy)
+            row.oracleAccuracy.append(e.oracleAccuracy)
+            correct += e.routerCorrect
+            total += e.count
+        }
+        if predictor.router != nil { row.routerAccuracy = Double(correct) / Double(max(total, 1)) }
+        return row
+    }
+
+    // MARK: - diagnostics hooks
+
+    /// Test macro-F1 of a linear probe fitted on domain `j`'s pooled features under its own gate:
+    /// what the representation still holds, whatever its head makes of it.
+    public func probeF1(domain j: Int, train: [IntentExample], test: [IntentExample]) -> Double {
+        let d = model.domains[j]
+        func features(_ rows: [IntentExample]) -> (x: [Float], y: [Int32]) {
+            (model.pooled(tokens.ids(rows.map(\.text)), gate: j), labels(rows, domain: j).map { $0 - Int32(d.classOffset) })
+        }
+        let (xt, yt) = features(train), (xe, ye) = features(test)
+        return LinearProbe.fitAndScore(trainFeatures: xt, trainLabels: yt, testFeatures: xe, testLabels: ye,
+                                       dim: model.config.hidden, classes: d.intents.count)
+    }
+
+    /// Multi-intent fragility of domain `j` on utterances carrying several of its intents.
+    public func multiIntentScore(domain j: Int, rows: [IntentExample], singleIntentAccuracy: Double) -> MultiIntentScore {
+        let d = model.domains[j]
+        let out = predictor.predict(tokens.ids(rows.map(\.text)), features: .cached)
+        let preds = zip(out.domains, out.classes).map { k, c -> (domain: String, intent: String) in
+            let dom = model.domains[k]
+            return (dom.name, dom.intents[c - dom.classOffset])
+        }
+        return Diagnostics.score(domain: d.name, predictions: preds, gold: rows.map { (domain: d.name, intents: $0.intents) },
+                                 singleIntentAccuracy: singleIntentAccuracy)
+    }
+
+    /// Single-utterance routed prediction latency (tokenize + route + gated pass + head) at 1 BLAS
+    /// thread, over `samples` utterances after 10 warm-up ones (the thread count is restored).
+    public func latency(texts: [String], samples n: Int) -> (p50: Double, p99: Double)? {
+        guard n > 0, !texts.isEmpty else { return nil }
+        let threads = dr_blas_get_threads()
+        dr_blas_set_threads(1)
+        defer { dr_blas_set_threads(threads) }
+        var times: [Double] = []
+        for i in 0..<(n + 10) {
+            let text = texts[(i * 7919) % texts.count]
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let out = predictor.predictChunk([tokens.tokenizer.encode(text, maxLength: tokens.maxLength)], features: .live)
+            precondition(out.count == 1)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            if i >= 10 { times.append(Double(t1 - t0) / 1e6) }
+        }
+        times.sort()
+        return (times[times.count / 2], times[min(times.count - 1, Int(Double(times.count - 1) * 0.99 + 0.5))])
+    }
+}
