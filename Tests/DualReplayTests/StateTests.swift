@@ -366,7 +366,7 @@ import Glibc
         let file = try SafeTensorsFile(url: out)
         #expect(Set(file.tensors.keys) == Set(cfg.tensors.keys))
         for (name, shape) in cfg.tensors { #expect(try file.info(name).shape == shape) }
-        #expect(cfg.tensors["adapter.0.gates"] == [2, 4] && cfg.tensors["head.1.w"] == [3, 16] && cfg.tensors["router.w2"] == [2, 256])
+        #expect(cfg.tensors["adapter.0.gates"] == [2, 4] && cfg.tensors["head.w"] == [6, 16] && cfg.tensors["head.b"] == [6] && cfg.tensors["router.w2"] == [2, 256])
         #expect(Self.bits(try file.floats("adapter.1.up.w")) == Self.bits(s.model.store.array("adapter.1.up.w")))
         let json = try JSONDecoder().decode(ExportConfig.self, from: Data(contentsOf: out.deletingPathExtension().appendingPathExtension("json")))
         #expect(json == cfg && json.domains.map(\.name) == ["a", "b"] && json.adapterLayers == [0, 1])

@@ -6,12 +6,13 @@ import Foundation
 public struct ExportConfig: Codable, Equatable, Sendable {
     public struct Domain: Codable, Equatable, Sendable {
         public var name: String
-        /// Row of each `adapter.<s>.gates` table, of `router.w2`, and k of `head.<k>.*`.
+        /// Row of each `adapter.<s>.gates` table and of `router.w2`; the domain's rows of `head.w`
+        /// and `head.b` are `classOffset ..< classOffset + intents.count`.
         public var index: Int
         public var intents: [String]
         public var classOffset: Int
     }
-    public static let formatName = "dualreplay.export/1"
+    public static let formatName = "dualreplay.export/2"
     public var format: String = ExportConfig.formatName
     public var baseModelFingerprint: String
     public var hidden: Int
