@@ -78,7 +78,8 @@ struct OnboardCommand: ParsableCommand {
         abstract: "Train one new domain into a production state, re-evaluate every known domain and save a new version.",
         discussion: """
         Each domain file is JSONL ({"text","intent","domain","split"}) holding exactly one domain that \
-        the state does not know yet, with train, val and test rows; several --domain options onboard \
+        the state does not know yet, with train, val and test rows (its name printable: not empty, no \
+        control, line-break or bidi characters); several --domain options onboard \
         them in order, one saved version each. The val and test rows are kept in the state (the frozen \
         evaluation data). Prints the change against the previous version and flags red lines: BWT \
         below -5 points, a head-vs-tail F1 gap above 5 points, a domain below its buffer floor. With \
@@ -88,6 +89,12 @@ struct OnboardCommand: ParsableCommand {
         steps and on Ctrl-C. After a crash, kill or Ctrl-C, rerun the same command with --resume: \
         domains already saved are skipped and the interrupted one continues from its checkpoint, \
         ending bit-identical to an uninterrupted run at the same --threads.
+
+        One writer at a time: a run holds DIR/lock (flock) from start to end; a second onboard or \
+        rollback is refused at once, naming the holder's pid and host. The lock of a run that was \
+        killed is taken over by the next run, which also removes the temporary files it left. DIR's \
+        writability and every domain file are checked before the model is loaded. A new state records \
+        the model's absolute path; --model or $DR_MODEL find a model that has moved.
         """
     )
 
