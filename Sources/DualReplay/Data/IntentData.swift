@@ -1,6 +1,9 @@
 // Labelled intent data: the example type, the JSONL loader (see ../shared/data/README.md for the
 // schema) and its errors. Loading is all-or-nothing: it returns a complete dataset or throws.
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public enum Split: String, Codable, Hashable, Sendable, CaseIterable {
     case train, val, test
@@ -74,13 +77,20 @@ public enum DataError: LocalizedError, Equatable {
     case unknownLabel(file: String, line: Int, label: String, domain: String, split: Split)
     /// Every row was excluded or dropped.
     case noDomains(file: String, lines: Int)
+    /// Every row with an intent belongs to an excluded domain (`LoadOptions.excludedDomains`, e.g. "oos").
+    case allExcluded(file: String, domains: [String], rows: Int)
+    /// The file (or what a pipe or device delivered) is above the loader's size limit.
+    case fileTooLarge(file: String, bytes: Int, limit: Int)
+    /// A domain name that is empty or holds control, line-break or bidirectional characters.
+    case invalidDomainName(file: String, line: Int, name: String, reason: String)
 
     public var file: String {
         switch self {
         case .unreadable(let f, _), .emptyFile(let f), .lineTooLong(let f, _, _, _), .invalidUTF8(let f, _),
              .malformedJSON(let f, _, _), .notAnObject(let f, _), .missingField(let f, _, _),
              .wrongFieldType(let f, _, _, _), .unknownSplit(let f, _, _), .labelInTwoDomains(let f, _, _, _, _, _),
-             .emptySplit(let f, _, _, _), .unknownLabel(let f, _, _, _, _), .noDomains(let f, _):
+             .emptySplit(let f, _, _, _), .unknownLabel(let f, _, _, _, _), .noDomains(let f, _),
+             .allExcluded(let f, _, _), .fileTooLarge(let f, _, _), .invalidDomainName(let f, _, _, _):
             return f
         }
     }
@@ -88,10 +98,10 @@ public enum DataError: LocalizedError, Equatable {
     /// The 1-based line the error is about (for two-domain labels: the second domain's line).
     public var line: Int? {
         switch self {
-        case .unreadable, .emptyFile, .noDomains: return nil
+        case .unreadable, .emptyFile, .noDomains, .allExcluded, .fileTooLarge: return nil
         case .lineTooLong(_, let l, _, _), .invalidUTF8(_, let l), .malformedJSON(_, let l, _), .notAnObject(_, let l),
              .missingField(_, let l, _), .wrongFieldType(_, let l, _, _), .unknownSplit(_, let l, _),
-             .unknownLabel(_, let l, _, _, _):
+             .unknownLabel(_, let l, _, _, _), .invalidDomainName(_, let l, _, _):
             return l
         case .labelInTwoDomains(_, _, _, _, _, let l): return l
         case .emptySplit(_, _, _, let l): return l
@@ -128,6 +138,15 @@ public enum DataError: LocalizedError, Equatable {
                 + "does not occur in that domain's train split"
         case .noDomains(let f, let lines):
             return "\(f): all \(lines) lines were excluded or dropped; no domain is left"
+        case .allExcluded(let f, let domains, let rows):
+            let names = domains.map { "\"\(DisplayText.escaped($0))\"" }.joined(separator: ", ")
+            return "\(f): all \(rows) rows belong to \(domains.count == 1 ? "domain" : "domains") \(names), excluded by default as "
+                + "out-of-scope (CLINC150's label for utterances outside every domain); to keep them as a domain, rename it in the "
+                + "file (e.g. \"out_of_scope\"), or in an experiment config set the file's excludeDomains to []"
+        case .fileTooLarge(let f, let bytes, let limit):
+            return "\(f): \(bytes < 0 ? "more than \(limit)" : "\(bytes)") bytes, above the limit of \(limit) bytes for a data file: refusing to read it"
+        case .invalidDomainName(let f, let l, let name, let reason):
+            return "\(f):\(l): line \(l): domain \"\(DisplayText.escaped(name))\" is not usable: \(reason)"
         }
     }
 }
@@ -305,7 +324,11 @@ public struct IntentDataset: Sendable {
             }
             bySplit[row.domain, default: [:]][row.split, default: []].append(row)
         }
-        if order.isEmpty { throw DataError.noDomains(file: file, lines: rows.lines) }
+        if order.isEmpty {
+            let excluded = Set(rows.rows.filter { options.excludedDomains.contains($0.domain) && $0.intents.contains { !$0.isEmpty } }.map(\.domain))
+            if !excluded.isEmpty { throw DataError.allExcluded(file: file, domains: excluded.sorted(), rows: report.excludedRows) }
+            throw DataError.noDomains(file: file, lines: rows.lines)
+        }
 
         // Val/test labels must occur in train, checked in file order.
         var trainLabels: [String: Set<String>] = [:]
@@ -421,14 +444,9 @@ struct JSONLRow {
 enum JSONLReader {
     /// Parses every non-blank line: raw bytes split on "\n" (a trailing "\r" is removed), each line
     /// checked for length, then UTF-8, then JSON and the schema. Throws at the first bad line.
-    static func rows(of url: URL, maxLineBytes: Int) throws -> (rows: [JSONLRow], lines: Int, blank: Int) {
+    static func rows(of url: URL, maxLineBytes: Int, maxFileBytes: Int = JSONLReader.maxFileBytes) throws -> (rows: [JSONLRow], lines: Int, blank: Int) {
         let file = url.path
-        let bytes: [UInt8]
-        do {
-            bytes = [UInt8](try Data(contentsOf: url))
-        } catch {
-            throw DataError.unreadable(file: file, reason: error.localizedDescription)
-        }
+        let bytes = try read(url, maxLineBytes: maxLineBytes, maxFileBytes: maxFileBytes)
         var rows: [JSONLRow] = []
         var lineNumber = 0
         var blank = 0
@@ -454,6 +472,47 @@ enum JSONLReader {
         return (rows, lineNumber, blank)
     }
 
+    /// Largest data file read (a regular file's size is checked before reading; a pipe or device
+    /// is read until this many bytes).
+    static let maxFileBytes = 1 << 30
+
+    /// The bytes of `url`, read with read(2) so pipes (`<(...)`), FIFOs and devices work as well
+    /// as regular files. Stops early at a line longer than `maxLineBytes` (so an endless stream
+    /// without newlines, such as /dev/zero, fails at once) or more than `maxFileBytes` in total.
+    static func read(_ url: URL, maxLineBytes: Int, maxFileBytes: Int) throws -> [UInt8] {
+        let file = url.path
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DataError.unreadable(file: file, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw DataError.unreadable(file: file, reason: String(cString: strerror(errno))) }
+        let kind = st.st_mode & S_IFMT
+        if kind == S_IFDIR { throw DataError.unreadable(file: file, reason: "it is a directory") }
+        if kind == S_IFREG, Int(st.st_size) > maxFileBytes { throw DataError.fileTooLarge(file: file, bytes: Int(st.st_size), limit: maxFileBytes) }
+        var bytes: [UInt8] = []
+        if kind == S_IFREG { bytes.reserveCapacity(Int(st.st_size)) }
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var lineStart = 0  // offset of the first byte after the last newline seen
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DataError.unreadable(file: file, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            let before = bytes.count
+            bytes.append(contentsOf: chunk[0..<n])
+            if bytes.count > maxFileBytes { throw DataError.fileTooLarge(file: file, bytes: kind == S_IFREG ? bytes.count : -1, limit: maxFileBytes) }
+            if let last = bytes[before...].lastIndex(of: 0x0A) { lineStart = last + 1 }
+            // (a regular file's lines are checked exactly when parsed)
+            if kind != S_IFREG, bytes.count - lineStart > maxLineBytes + 1 {  // + 1: a "\r" before the newline
+                let line = bytes[..<lineStart].reduce(1) { $1 == 0x0A ? $0 + 1 : $0 }
+                throw DataError.lineTooLong(file: file, line: line, bytes: bytes.count - lineStart, limit: maxLineBytes)
+            }
+        }
+        return bytes
+    }
+
     private static func parse(_ data: Data, file: String, line: Int) throws -> JSONLRow {
         let object: Any
         do {
@@ -473,6 +532,9 @@ enum JSONLReader {
         let text = try string("text")
         let intent = try string("intent")
         let domain = try string("domain")
+        if let problem = DisplayText.nameProblem(domain) {
+            throw DataError.invalidDomainName(file: file, line: line, name: domain, reason: problem)
+        }
         let splitValue = try string("split")
         guard let split = Split(rawValue: splitValue) else {
             throw DataError.unknownSplit(file: file, line: line, value: splitValue)

@@ -76,7 +76,7 @@ public struct OnboardingCheckpoint: Sendable {
 
     /// Writes the checkpoint atomically, creating the state directory if needed.
     public func write(to url: URL) throws {
-        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try StateDirectory.makeDirectory(url.deletingLastPathComponent())
         var w = SafeTensorsWriter()
         let n = phase.values.count
         try w.add("values", shape: [n], floats: phase.values)

@@ -2,6 +2,8 @@
 // kills itself with SIGKILL (no cleanup, no buffered writes flushed) at a chosen moment:
 //   step:N     right after the N-th training step this process runs (after that step's checkpoint)
 //   interrupt:N  sends itself SIGINT (Ctrl-C) after the N-th step instead: the clean-stop path
+//   stop:N     sends itself SIGSTOP after the N-th step: a live run, frozen (holding the state lock)
+//              until the test sends SIGCONT or SIGKILL
 //   rename:S   just before the rename that publishes a finished temporary file or version
 //              directory whose path contains S (e.g. `rename:checkpoint`, `rename:versions`)
 // Unset, nothing changes. Never set it in production.
@@ -18,9 +20,9 @@ public enum CrashInjection {
         guard let spec, let colon = spec.firstIndex(of: ":") else { return nil }
         let kind = spec[..<colon], arg = String(spec[spec.index(after: colon)...])
         switch kind {
-        case "step", "interrupt":
+        case "step", "interrupt", "stop":
             guard let n = Int(arg), n > 0 else { return nil }
-            let sig = kind == "step" ? SIGKILL : SIGINT
+            let sig = kind == "step" ? SIGKILL : kind == "stop" ? SIGSTOP : SIGINT
             var steps = 0
             return { _ in
                 steps += 1

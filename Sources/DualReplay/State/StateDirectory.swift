@@ -33,6 +33,14 @@ public enum StateError: LocalizedError, Equatable {
     case domainExists(name: String, file: String)
     case invalidDomain(file: String, reason: String)
     case saveFailed(path: String, step: String, errno: Int32)
+    case notADirectory(path: String)
+    case cannotWrite(path: String, reason: String)
+    case nonFinite(file: String, tensor: String, index: Int, value: String)
+    case noSuchVersion(path: String, version: Int, available: [Int])
+    case modelNotFound(path: String, recorded: String)
+    case modelMismatch(file: String, recordedPath: String, recordedFingerprint: String, loadedPath: String, loadedFingerprint: String)
+    case outputInsideState(output: String, state: String)
+    case rollbackRefused(path: String, reason: String)
 
     public var errorDescription: String? {
         switch self {
@@ -51,6 +59,19 @@ public enum StateError: LocalizedError, Equatable {
         case let .domainExists(n, f): return "\(f): domain \"\(n)\" is already in the state; give the new domain another name"
         case let .invalidDomain(f, r): return "\(f): \(r)"
         case let .saveFailed(p, s, e): return "cannot save \(p): \(s) failed: \(String(cString: strerror(e))) (errno \(e))"
+        case .notADirectory(let p): return "\(p): not a directory (--state must name a state directory, or a new one for --init)"
+        case let .cannotWrite(p, r): return "\(p): cannot write the state here: \(r)"
+        case let .nonFinite(f, t, i, v): return "\(f): tensor \(t): element \(i) is \(v) (the saved parameters are not finite; roll back to an earlier version)"
+        case let .noSuchVersion(p, v, a):
+            return "\(p): no saved version \(v); saved versions: " + (a.isEmpty ? "none" : a.map(String.init).joined(separator: ", "))
+        case let .modelNotFound(p, r):
+            return "\(p): the state's base model \(r) is not there; pass --model or set DR_MODEL to where the same model is now"
+        case let .modelMismatch(f, rp, rf, lp, lf):
+            return "\(f): the state was trained on the base model at \(rp) (fingerprint \(rf)), but \(lp) is another model "
+                + "(fingerprint \(lf)); pass the same model with --model or DR_MODEL"
+        case let .outputInsideState(o, st):
+            return "\(o): inside the state directory \(st); export writes outside it (a file there could replace the live state)"
+        case let .rollbackRefused(p, r): return "\(p): cannot roll back: \(r)"
         }
     }
 }
@@ -213,20 +234,20 @@ public enum StateDirectory {
     public static func save(_ snapshot: StateSnapshot, to dir: URL) throws -> Int {
         let fm = FileManager.default
         let versions = dir.appendingPathComponent("versions")
-        do {
-            try fm.createDirectory(at: versions, withIntermediateDirectories: true)
-        } catch {
-            throw StateError.unreadable(file: versions.path, reason: "cannot create: \(error.localizedDescription)")
-        }
-        let existing = ((try? fm.contentsOfDirectory(atPath: versions.path)) ?? []).compactMap(Int.init)
+        try makeDirectory(versions)
+        try checkFinite(snapshot, file: versions.path)
+        let existing = savedVersionNumbers(dir)
         let version = max(existing.max() ?? 0, snapshot.manifest.version) + 1
-        let name = String(format: "%06d", version)
+        guard versionRange.contains(version) else {
+            throw StateError.malformed(file: versions.path, reason: "version \(version) is outside \(versionRange.lowerBound)...\(versionRange.upperBound)")
+        }
+        let name = versionName(version)
         let temporary = versions.appendingPathComponent(".tmp-\(name)-\(getpid())")
         let final = versions.appendingPathComponent(name)
         try? fm.removeItem(at: temporary)
         var renamed = false
         do {
-            try fm.createDirectory(at: temporary.appendingPathComponent("domains"), withIntermediateDirectories: true)
+            try makeDirectory(temporary.appendingPathComponent("domains"))
             var files: [FileRecord] = []
             func put(_ data: Data, _ path: String) throws {
                 try AtomicFile.write(data, to: temporary.appendingPathComponent(path))
@@ -235,7 +256,10 @@ public enum StateDirectory {
             try put(try paramsFile(snapshot), paramsName)
             let enc = jsonEncoder()
             if let b = snapshot.buffer { try put(try enc.encode(b), bufferName) }
-            try put(try enc.encode(snapshot.metrics), metricsName)
+            // after a rollback the new version's number is above the one its base would suggest
+            var metrics = snapshot.metrics
+            if let last = metrics.indices.last, metrics[last].version == snapshot.manifest.version + 1 { metrics[last].version = version }
+            try put(try enc.encode(metrics), metricsName)
             var manifest = snapshot.manifest
             for (k, rows) in snapshot.domainExamples.enumerated() {
                 let line = JSONEncoder()
@@ -253,23 +277,27 @@ public enum StateDirectory {
             try step("rename", final.path) { rename(temporary.path, final.path) }
             renamed = true
             try fsyncDirectory(versions)
-            // swap the link: a new symlink renamed over `current` (atomic)
-            let link = dir.appendingPathComponent("current"), newLink = dir.appendingPathComponent(".current-\(getpid())")
-            unlink(newLink.path)
-            try step("symlink", newLink.path) { symlink("versions/\(name)", newLink.path) }
-            do {
-                try step("rename", link.path) { rename(newLink.path, link.path) }
-            } catch {
-                unlink(newLink.path)
-                throw error
-            }
-            try fsyncDirectory(dir)
+            try pointCurrent(dir, at: name)
         } catch {
             try? fm.removeItem(at: renamed ? final : temporary)
             throw error
         }
         prune(versions, keepingFrom: version - keptVersions + 1)
         return version
+    }
+
+    /// Swaps the link: a new symlink `versions/<name>` renamed over `current` (atomic), then fsyncs DIR.
+    private static func pointCurrent(_ dir: URL, at name: String) throws {
+        let link = dir.appendingPathComponent("current"), newLink = dir.appendingPathComponent(".current-\(getpid())")
+        unlink(newLink.path)
+        try step("symlink", newLink.path) { symlink("versions/\(name)", newLink.path) }
+        do {
+            try step("rename", link.path) { rename(newLink.path, link.path) }
+        } catch {
+            unlink(newLink.path)
+            throw error
+        }
+        try fsyncDirectory(dir)
     }
 
     /// Runs a system call that returns 0 on success; the test hook of `AtomicFile` can fail it.
@@ -327,16 +355,36 @@ public enum StateDirectory {
 
     // MARK: Loading
 
-    /// Reads and verifies the current version: schema version, every checksum and size, the
-    /// tensors' names and shapes against the manifest's layout. Errors name the file.
-    public static func load(_ dir: URL) throws -> LoadedState {
+    /// Reads and verifies the current version (or saved version `version`): schema version, every
+    /// checksum and size, the version number against its directory, the domain names, the tensors'
+    /// names and shapes against the manifest's layout, finite parameter values, the byte budget of
+    /// the buffer against the manifest's. Errors name the file.
+    public static func load(_ dir: URL, version: Int? = nil) throws -> LoadedState {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir), isDir.boolValue else {
             throw StateError.notFound(path: dir.path)
         }
-        let vdir = try currentVersion(dir)
+        let vdir: URL
+        if let version {
+            vdir = dir.appendingPathComponent("versions").appendingPathComponent(versionName(version))
+            guard versionRange.contains(version), FileManager.default.fileExists(atPath: vdir.appendingPathComponent(manifestName).path) else {
+                throw StateError.noSuchVersion(path: dir.path, version: version, available: savedVersionNumbers(dir))
+            }
+        } else {
+            vdir = try currentVersion(dir)
+        }
         let manifestURL = vdir.appendingPathComponent(manifestName)
         let manifest = try readManifest(manifestURL)
+        // a consistent but forged number would make the next save prune every real version
+        guard let number = Int(vdir.lastPathComponent), number == manifest.version, versionRange.contains(number) else {
+            throw StateError.malformed(file: manifestURL.path, reason: "version \(manifest.version) does not match its directory "
+                                       + "\"\(DisplayText.escaped(vdir.lastPathComponent))\" (versions are \(versionRange.lowerBound)...\(versionRange.upperBound))")
+        }
+        for d in manifest.domains {
+            if let problem = DisplayText.nameProblem(d.name) {
+                throw StateError.malformed(file: manifestURL.path, reason: "domain \"\(DisplayText.escaped(d.name))\": \(problem)")
+            }
+        }
 
         var contents: [String: Data] = [:]
         for f in manifest.files {
@@ -391,6 +439,9 @@ public enum StateDirectory {
                     throw StateError.tensorMismatch(file: paramsURL.path, tensor: info.name, reason: "shape \(info.shape), the layout says \(t.shape)")
                 }
                 let x = try file.floats(info.name)
+                if let i = x.firstIndex(where: { !$0.isFinite }) {
+                    throw StateError.nonFinite(file: paramsURL.path, tensor: info.name, index: i, value: "\(x[i])")
+                }
                 switch dst {
                 case 0: values.replaceSubrange(t.offset..<(t.offset + t.count), with: x)
                 case 1: m1.replaceSubrange(t.offset..<(t.offset + t.count), with: x)
@@ -406,6 +457,17 @@ public enum StateDirectory {
             }
         }
         let buffer = contents[bufferName] == nil ? nil : try decode(ReplayBufferSnapshot.self, bufferName)
+        if let buffer {
+            let budget: Int
+            switch buffer {
+            case .dualStream(let b): budget = b.config.byteBudget
+            case .reservoir(let b): budget = b.byteBudget
+            }
+            guard budget == manifest.byteBudget else {
+                throw StateError.malformed(file: vdir.appendingPathComponent(bufferName).path,
+                                           reason: "byte budget \(budget), state.json records byteBudget \(manifest.byteBudget)")
+            }
+        }
         let metrics = try decode([MetricsRow].self, metricsName)
         var domainExamples: [[IntentExample]] = []
         for d in manifest.domains {
@@ -466,6 +528,176 @@ public enum StateDirectory {
         guard size <= limit else { throw StateError.tooLarge(file: url.path, bytes: size, limit: limit) }
         do { return try Data(contentsOf: url) } catch {
             throw StateError.unreadable(file: url.path, reason: error.localizedDescription)
+        }
+    }
+}
+
+// MARK: - Versions, rollback, checks before writing
+
+/// One saved version, as `dualreplay state --list` shows it.
+public struct SavedVersion: Equatable, Sendable {
+    public var version: Int
+    public var isCurrent: Bool
+    /// Domains in training order; nil when the manifest could not be read (`problem` says why).
+    public var domains: [String]?
+    public var createdAt: String?
+    public var problem: String?
+}
+
+extension StateDirectory {
+    /// Version numbers: `versions/` holds six-digit names; anything above is refused on load.
+    public static let versionRange = 1...999_999
+
+    static func versionName(_ version: Int) -> String { String(format: "%06d", version) }
+
+    /// The numbers of the version directories under DIR/versions, ascending.
+    public static func savedVersionNumbers(_ dir: URL) -> [Int] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("versions").path)) ?? []
+        return names.compactMap { n in n.count == 6 && n.allSatisfy(\.isASCII) ? Int(n) : nil }.filter(versionRange.contains).sorted()
+    }
+
+    /// Every saved version with its domains (each manifest verified by its checksum).
+    public static func list(_ dir: URL) throws -> [SavedVersion] {
+        try requireDirectory(dir)
+        guard exists(dir) else { throw StateError.notFound(path: dir.path) }
+        let current = try? currentVersion(dir).lastPathComponent
+        return savedVersionNumbers(dir).map { v in
+            let url = dir.appendingPathComponent("versions").appendingPathComponent(versionName(v)).appendingPathComponent(manifestName)
+            var entry = SavedVersion(version: v, isCurrent: current == versionName(v))
+            do {
+                let m = try readManifest(url)
+                entry.domains = m.domains.map(\.name)
+                entry.createdAt = m.createdAt
+                if m.version != v { entry.problem = "state.json records version \(m.version)" }
+            } catch {
+                entry.problem = error.localizedDescription
+            }
+            return entry
+        }
+    }
+
+    /// Makes saved version `version` current again: it is loaded and verified completely first,
+    /// then `current` is switched to it by one rename. Nothing is deleted; the versions after it
+    /// stay listed and can be made current the same way. Call it holding the `StateLock`.
+    public static func makeCurrent(_ dir: URL, version: Int) throws {
+        _ = try load(dir, version: version)
+        try pointCurrent(dir, at: versionName(version))
+    }
+
+    /// Creates `url` and its missing parents; errors name the path (a regular file in the way,
+    /// a read-only file system, no permission) instead of a Foundation error code.
+    public static func makeDirectory(_ url: URL) throws {
+        var st = stat()
+        if stat(url.path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFDIR else { throw StateError.notADirectory(path: url.path) }
+            return
+        }
+        let code = errno
+        let parent = url.deletingLastPathComponent()
+        if code == ENOTDIR || code == ENOENT, parent.path != url.path, !parent.path.isEmpty {
+            do { try makeDirectory(parent) } catch StateError.notADirectory(let file) {
+                throw StateError.cannotWrite(path: url.path, reason: "\(file) is not a directory")
+            }
+        }
+        if mkdir(url.path, 0o755) != 0 && errno != EEXIST {
+            throw StateError.cannotWrite(path: url.path, reason: "cannot create the directory: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// `dir` must exist and be a directory.
+    public static func requireDirectory(_ dir: URL) throws {
+        var st = stat()
+        guard stat(dir.path, &st) == 0 else {
+            if errno == ENOTDIR { throw StateError.notADirectory(path: dir.path) }
+            throw StateError.notFound(path: dir.path)
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw StateError.notADirectory(path: dir.path) }
+    }
+
+    /// Fails early, naming the path, if a new version could not be written into `dir`: creates,
+    /// writes, fsyncs and removes a probe file in `dir` and in `dir/versions` (if present). The
+    /// fault-injection hook of `AtomicFile` sees "probe <path>".
+    public static func checkWritable(_ dir: URL) throws {
+        try requireDirectory(dir)
+        var places = [dir]
+        let versions = dir.appendingPathComponent("versions")
+        if FileManager.default.fileExists(atPath: versions.path) { places.append(versions) }
+        for place in places {
+            let probe = place.appendingPathComponent(".probe-\(getpid())").path
+            if let code = AtomicFile.faultInjection?("probe \(place.path)") {
+                throw StateError.cannotWrite(path: place.path, reason: String(cString: strerror(code)))
+            }
+            let fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw StateError.cannotWrite(path: place.path, reason: String(cString: strerror(errno))) }
+            var byte: UInt8 = 0x0A
+            let ok = pwrite(fd, &byte, 1, 0) == 1 && fsync(fd) == 0
+            let code = errno
+            close(fd)
+            unlink(probe)
+            guard ok else { throw StateError.cannotWrite(path: place.path, reason: String(cString: strerror(code))) }
+        }
+    }
+
+    /// Removes what killed writers leave behind: temporary files of `AtomicFile`
+    /// (`.<name>.tmp-<pid>-<n>`), half-written version directories (`versions/.tmp-N-<pid>`),
+    /// unpublished links (`.current-<pid>`) and probes. Only call it holding the `StateLock`: then
+    /// no other writer is running, so every such entry not of this process belongs to a dead one.
+    /// Returns the removed paths.
+    @discardableResult
+    public static func removeStaleTemporaries(_ dir: URL) -> [String] {
+        let fm = FileManager.default
+        let mine = "\(getpid())"
+        func pidOf(_ name: String, after marker: String) -> String? {
+            guard let r = name.range(of: marker) else { return nil }
+            return String(name[r.upperBound...].prefix { $0.isNumber })
+        }
+        var removed: [String] = []
+        for place in [dir, dir.appendingPathComponent("versions")] {
+            for name in (try? fm.contentsOfDirectory(atPath: place.path)) ?? [] where name.hasPrefix(".") {
+                let pid: String?
+                if name.hasPrefix(".tmp-") {
+                    pid = name.split(separator: "-").last.map(String.init)  // .tmp-<version>-<pid>
+                } else if name.hasPrefix(".current-") || name.hasPrefix(".probe-") {
+                    pid = pidOf(name, after: "-")
+                } else {
+                    pid = pidOf(name, after: ".tmp-")
+                }
+                guard let pid, !pid.isEmpty, pid != mine else { continue }
+                let url = place.appendingPathComponent(name)
+                if (try? fm.removeItem(at: url)) != nil || unlink(url.path) == 0 { removed.append(url.path) }
+            }
+        }
+        return removed
+    }
+
+    /// True when `path` (existing or not) lies inside `dir` once symlinks and `..` are resolved,
+    /// compared by device and inode so a second mount or link of the directory is caught too.
+    public static func contains(_ dir: URL, _ path: URL) -> Bool {
+        var target = stat()
+        guard stat(dir.path, &target) == 0 else { return false }
+        // the deepest existing ancestor of `path`, resolved; the rest does not exist (no links in it)
+        var existing = path.standardizedFileURL
+        while realpath(existing.path, nil) == nil, existing.path != "/" { existing = existing.deletingLastPathComponent() }
+        guard let resolved = realpath(existing.path, nil) else { return false }
+        var current = String(cString: resolved)
+        free(resolved)
+        while true {
+            var st = stat()
+            if stat(current, &st) == 0, st.st_dev == target.st_dev, st.st_ino == target.st_ino { return true }
+            if current == "/" || current.isEmpty { return false }
+            current = (current as NSString).deletingLastPathComponent
+        }
+    }
+
+    /// Refuses a snapshot whose parameters or moments are not finite (it could not be restored).
+    static func checkFinite(_ s: StateSnapshot, file: String) throws {
+        for t in s.manifest.tensors {
+            for (prefix, array) in [("param", s.values), ("adam_m", s.moment1), ("adam_v", s.moment2)] {
+                let r = min(t.offset, array.count)..<min(array.count, t.offset + t.count)
+                if let i = array[r].firstIndex(where: { !$0.isFinite }) {
+                    throw StateError.nonFinite(file: file, tensor: "\(prefix)/\(t.name)", index: i - t.offset, value: "\(array[i])")
+                }
+            }
         }
     }
 }

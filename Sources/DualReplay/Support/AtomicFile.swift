@@ -58,6 +58,8 @@ public enum AtomicFile {
                 try body(handle)
             } catch {
                 if let code = posixCode(of: error) { throw AtomicFileError.failed(step: .write, path: path, errno: code) }
+                // a Foundation file error without an errno would not name the file: name it here
+                if (error as NSError).domain == NSCocoaErrorDomain { throw AtomicFileError.failedWith(path: path, reason: error.localizedDescription) }
                 throw error
             }
         }
@@ -141,11 +143,15 @@ private func posixOpen(_ path: String, _ flags: Int32, _ mode: mode_t) -> Int32 
 public enum AtomicFileError: LocalizedError, Equatable {
     /// `step` failed while saving `path` (the target); `errno` is the system error.
     case failed(step: AtomicFile.Step, path: String, errno: Int32)
+    /// Writing `path` failed with an error that carries no errno (its description is `reason`).
+    case failedWith(path: String, reason: String)
 
     public var errorDescription: String? {
         switch self {
         case let .failed(step, path, code):
             return "cannot save \(path): \(step.action) failed: \(String(cString: strerror(code))) (errno \(code))"
+        case let .failedWith(path, reason):
+            return "cannot save \(path): \(reason)"
         }
     }
 }
