@@ -117,7 +117,7 @@ import Glibc
         changed.train[0].text = "w1 w2 w3"
         expectMismatch(try fresh(), changed, c)  // the domain's rows changed
         var cfg = S.config()
-        cfg.methods[0].bottleneck = 6
+        cfg.methods[0].adapter.bottleneck = 6
         expectMismatch(try ContinualState.create(config: cfg, encoder: try S.encoder(), generalTexts: S.general, modelPath: nil), a, c)
         var later = c
         later.baseVersion = 3

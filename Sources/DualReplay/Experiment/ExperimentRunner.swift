@@ -208,7 +208,7 @@ public final class ExperimentRunner {
         return seqs.map { frozenPooledCache[$0]! }
     }
 
-    var evalSplit: Split { config.evalSplit == "val" ? .val : .test }
+    var evalSplit: Split { config.evalSplit == .val ? .val : .test }
 
     // MARK: - the experiment
 
@@ -310,8 +310,8 @@ public final class ExperimentRunner {
 
     func makeRouter(_ m: ContinualModel, _ s: MethodSettings) -> DomainRouter {
         let r = DomainRouter(model: m)
-        r.rescoreTopK = s.routerRescoreTopK ?? 1
-        r.rescoreThreshold = s.routerRescoreThreshold ?? 0.9
+        r.rescoreTopK = s.routerRescoreTopK
+        r.rescoreThreshold = s.routerRescoreThreshold
         return r
     }
 
@@ -339,7 +339,7 @@ public final class ExperimentRunner {
             m.store.setTrainable(true) { $0.name == "head.\(k).w" || $0.name == "head.\(k).b" }
         }
         // the shared adapter learns at full rate on the first domain only (1 = always)
-        let scale = k == 0 ? 1 : (s.sharedLRScale ?? 1)
+        let scale = k == 0 ? 1 : s.sharedLRScale
         m.sharedLRScale = scale
         if scale == 0 { m.store.setTrainable(false) { ContinualModel.isSharedAdapter($0.name) } }
         m.rebuildViews()
@@ -764,10 +764,10 @@ public final class ExperimentRunner {
             }
             try dual.addDomain(Int32(k), items: items, forgetting: forgetting)
         }
-        if let steps = s.realignHeadSteps, steps > 0, k > 0 {
+        if s.realignHeadSteps > 0, k > 0 {
             for j in 0..<k {
                 let items = dual?.items(of: Int32(j)) ?? reservoir?.items.filter { $0.domain == Int32(j) } ?? []
-                realignHead(m, domain: j, items: items, steps: steps, lr: s.realignLearningRate ?? s.learningRate)
+                realignHead(m, domain: j, items: items, steps: s.realignHeadSteps, lr: s.realignLearningRate)
             }
         }
         if let router {
