@@ -43,6 +43,8 @@ training.bufferExamples = 60
 config.training = training
 
 let encoder = try SentenceEncoder(modelDirectory: URL(fileURLWithPath: modelDir), maxLength: training.maxLength)
+try config.validate()
+try ExperimentSetup.checkResources(config, model: encoder.config, scenario: scenario)
 let runner = ExperimentRunner(config: config, scenario: scenario, encoder: encoder,
                               generalTexts: SyntheticCorpus.generalText(count: 500, seed: 1), codeVersion: "example")
 runner.progress = { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) }

@@ -43,11 +43,13 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     var cfg = cfgIn
     if let t = threads { cfg.threads = t }
     if let m = model { cfg.model = m }
-    setComputeThreads(cfg.threads ?? 1)
-    let modelDir = URL(fileURLWithPath: cfg.model ?? "models/all-MiniLM-L6-v2")
+    try cfg.validate()
+    setComputeThreads(cfg.threads ?? ConfigDefaults.threads)
+    let modelDir = URL(fileURLWithPath: cfg.model ?? ConfigDefaults.model)
     let maxLength = cfg.training?.maxLength ?? TrainingDefaults().maxLength
     let encoder = try SentenceEncoder(modelDirectory: modelDir, maxLength: maxLength)
-    let (scenario, general) = try ExperimentSetup.scenario(cfg.data, seed: cfg.seed ?? 0)
+    let (scenario, general) = try ExperimentSetup.scenario(cfg.data, seed: cfg.seed ?? ConfigDefaults.seed)
+    try ExperimentSetup.checkResources(cfg, model: encoder.config, scenario: scenario)
     printError("dualreplay: \(scenario.count) domains, \(scenario.numClasses) intents, \(cfg.methods.count) methods × \(cfg.resolvedOrderingSeeds.count) orderings")
     let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: encoder, generalTexts: general, codeVersion: codeVersion())
     let start = Date()

@@ -489,7 +489,7 @@ struct DataTests {
         } catch {
             #expect(error.localizedDescription.contains(multi.path) && error.localizedDescription.contains("alpha_gone"), "\(error)")
         }
-        file.unknownLabels = "drop"
+        file.unknownLabels = .drop
         cfg.multiIntentFiles = [file]
         let (scenario, _) = try ExperimentSetup.scenario(cfg)
         let alpha = scenario.domains[scenario.index(ofDomain: "alpha")!]

@@ -117,7 +117,7 @@ import Glibc
         changed.train[0].text = "w1 w2 w3"
         expectMismatch(try fresh(), changed, c)  // the domain's rows changed
         var cfg = S.config()
-        cfg.methods[0].bottleneck = 6
+        cfg.methods[0].adapter.bottleneck = 6
         expectMismatch(try ContinualState.create(config: cfg, encoder: try S.encoder(), generalTexts: S.general, modelPath: nil), a, c)
         var later = c
         later.baseVersion = 3
@@ -224,7 +224,7 @@ import Glibc
         try Data("""
         {"name": "resume", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": 2}},
          "training": {"epochs": 2, "batchSize": 8, "learningRate": 0.002, "bufferExamples": 12},
-         "methods": [{"kind": "dual-replay", "bottleneck": 8, "adapterLayers": [4, 5]}]}
+         "methods": [{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]}
         """.utf8).write(to: config)
         func args(_ dir: URL, resume: Bool) -> [String] {
             ["onboard", "--init", "--config", config.path, "--general", general.path, "--model", model.path, "--threads", "1",

@@ -66,8 +66,8 @@ import Testing
     @Test func dualReplayRunsWithRouterAndLedger() throws {
         let enc = try Self.encoder()
         var m = MethodConfig(kind: .dualReplay)
-        m.bottleneck = 16
-        m.logitReplayWeight = 0.5
+        m.adapter.bottleneck = 16
+        m.loss.logitReplay = 0.5
         let cfg = Self.smallConfig([m])
         let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
         let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test")
@@ -96,9 +96,9 @@ import Testing
         let enc = try Self.encoder()
         var off = MethodConfig(kind: .dualReplay), only = off
         off.name = "mlp"
-        off.routerPrototypes = "off"
+        off.router.prototypes.mode = .off
         only.name = "proto"
-        only.routerPrototypes = "only"
+        only.router.prototypes.mode = .only
         var cfg = Self.smallConfig([off, only])
         cfg.data.synthetic?.domains = 4
         cfg.training?.bufferExamples = 12
@@ -162,14 +162,14 @@ import Testing
             (#"{"name":"x","data":{},"methods":[{"kind":"dual-replay"}]}"#, "data"),
             (#"{"name":"x","data":{"synthetic":{}},"methods":[]}"#, "methods"),
             (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"nope"}]}"#, "kind"),
-            (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora","epochs":0}]}"#, "epochs"),
+            (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora","training":{"epochs":0}}]}"#, "training.epochs"),
             (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}],"evalSplit":"train"}"#, "evalSplit"),
             (#"{"name":"x","schemaVersion":9,"data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}]}"#, "schemaVersion"),
             (#"{"data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"}]}"#, "name"),
             (#"{"name":"x","data":{"files":[{"path":"a.jsonl"}]},"methods":[{"kind":"lora"},{"kind":"lora"}]}"#, "named"),
             ("{not json", "JSON"),
-            (#"{"name":"x","data":{"synthetic":{}},"methods":[{"kind":"dual-replay","realignLearningRate":0}]}"#, "realignLearningRate"),
-            (#"{"name":"x","data":{"synthetic":{}},"methods":[{"kind":"dual-replay","routerPrototypes":"knn"}]}"#, "routerPrototypes"),
+            (#"{"name":"x","data":{"synthetic":{}},"methods":[{"kind":"dual-replay","heads":{"realignLearningRate":0}}]}"#, "heads.realignLearningRate"),
+            (#"{"name":"x","data":{"synthetic":{}},"methods":[{"kind":"dual-replay","router":{"prototypes":{"mode":"knn"}}}]}"#, "router.prototypes.mode"),
         ]
         for (i, (text, field)) in cases.enumerated() {
             let url = try write(text, "bad\(i).json")
@@ -182,9 +182,9 @@ import Testing
             }
         }
         // YAML through the same types
-        let yaml = try write("name: y\ndata:\n  files:\n    - path: clinc150/clinc150.jsonl\nmethods:\n  - kind: der\n    logitReplayWeight: 0.3\n", "c.yaml")
+        let yaml = try write("name: y\ndata:\n  files:\n    - path: clinc150/clinc150.jsonl\nmethods:\n  - kind: der\n    loss:\n      logitReplay: 0.3\n", "c.yaml")
         let cfg = try ExperimentConfig.load(yaml)
-        #expect(cfg.methods[0].kind == .der && cfg.methods[0].logitReplayWeight == 0.3)
+        #expect(cfg.methods[0].kind == .der && cfg.methods[0].loss.logitReplay == 0.3)
     }
 }
 
@@ -195,8 +195,8 @@ import Testing
     /// Domain a's oracle logits (gate 0, head 0) after a, and after b and c were trained.
     static func logitsOfA(scale: Float?) throws -> (before: [UInt32], after: [UInt32], sharedTrains: Bool) {
         var cfg = S.config()
-        cfg.methods[0].sharedLearningRateScale = scale
-        cfg.methods[0].freezeOldHeads = true
+        cfg.methods[0].adapter.sharedLearningRateScale = scale
+        cfg.methods[0].heads.freezeOld = true
         let st = try ContinualState.create(config: cfg, encoder: try S.encoder(), generalTexts: S.general, modelPath: nil)
         let seqs: [[Int32]] = [[1, 4, 34, 35, 2], [1, 6, 31, 2], [1, 8, 30, 33, 2]]
         let gates = [Int32](repeating: 0, count: seqs.count)

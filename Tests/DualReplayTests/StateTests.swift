@@ -39,8 +39,8 @@ import Glibc
 
     static func config() -> ExperimentConfig {
         var m = MethodConfig(kind: .dualReplay)
-        m.bottleneck = 4
-        m.logitReplayWeight = 0.3
+        m.adapter.bottleneck = 4
+        m.loss.logitReplay = 0.3
         var cfg = ExperimentConfig(name: "state-test", data: DataConfig(), methods: [m])
         var t = TrainingDefaults()
         t.epochs = 2
@@ -299,8 +299,8 @@ import Glibc
     /// routing pass's layers: same predictions as a full pass with the routed gates.
     @Test func predictionReusesTheRoutingPass() throws {
         var cfg = Self.config()
-        cfg.methods[0].adapterLayers = [1]
-        cfg.methods[0].routerLayer = 1
+        cfg.methods[0].adapter.layers = [1]
+        cfg.methods[0].router.layer = 1
         let s = try ContinualState.create(config: cfg, encoder: try Self.encoder(), generalTexts: Self.general, modelPath: nil)
         _ = try s.onboard(Self.domain("a", base: 0))
         _ = try s.onboard(Self.domain("b", base: 6))
@@ -350,8 +350,8 @@ import Glibc
         // rescore every route over all K domains predicts exactly `chosen`
         #expect(s.predict(texts).map(\.gate) == plain)
         var cfg = Self.config()
-        cfg.methods[0].routerRescoreTopK = K
-        cfg.methods[0].routerRescoreThreshold = 1
+        cfg.methods[0].router.rescore.topK = K
+        cfg.methods[0].router.rescore.threshold = 1
         let rescoring = try ContinualState.create(config: cfg, encoder: try Self.encoder(), generalTexts: Self.general, modelPath: nil)
         for (n, b) in [("a", 0), ("b", 6), ("c", 12)] { _ = try rescoring.onboard(Self.domain(n, base: b)) }
         let always3 = RoutedPredictor(model: rescoring.model, router: rescoring.router, rescoreTopK: K, rescoreThreshold: 1)

@@ -23,7 +23,7 @@ public enum ResultsReport {
         }
         let p = r.experimentProtocol
         s += "\nDomains: \(p.domainNames.count); orderings: \(p.config.resolvedOrderingSeeds.count); byte budget: \(p.byteBudget) B; "
-        s += "eval split: \(p.config.evalSplit ?? "test"); protocol \(p.hash); code \(p.codeVersion).\n"
+        s += "eval split: \((p.config.evalSplit ?? ConfigDefaults.evalSplit).rawValue); protocol \(p.hash); code \(p.codeVersion).\n"
         s += "Avg F1, BWT, FWT, forgetting: routed mode (no domain given) unless marked oracle; FWT against `single`, in points.\n"
         for m in r.summaries {
             guard let floats = r.runs.first(where: { $0.method == m.method })?.prototypeFloats else { continue }

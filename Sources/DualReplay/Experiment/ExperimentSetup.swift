@@ -19,19 +19,9 @@ public enum ExperimentSetup {
                 var o = LoadOptions()
                 if let ex = f.excludeDomains { o.excludedDomains = Set(ex) }
                 o.domainPrefix = f.domainPrefix
-                if let ml = f.multiLabel {
-                    guard let p = MultiLabelPolicy(rawValue: ml) else {
-                        throw ConfigError.invalid(field: "data.files[\(f.path)].multiLabel", reason: "drop, keep or separate, got \"\(ml)\"")
-                    }
-                    o.multiLabel = p
-                }
-                o.allowSharedLabels = f.allowSharedLabels ?? false
-                if let ul = f.unknownLabels {
-                    guard let p = UnknownLabelPolicy(rawValue: ul) else {
-                        throw ConfigError.invalid(field: "data.files[\(f.path)].unknownLabels", reason: "reject or drop, got \"\(ul)\"")
-                    }
-                    o.unknownLabels = p
-                }
+                o.multiLabel = f.multiLabel ?? ConfigDefaults.multiLabel
+                o.allowSharedLabels = f.allowSharedLabels ?? ConfigDefaults.allowSharedLabels
+                o.unknownLabels = f.unknownLabels ?? ConfigDefaults.unknownLabels
                 let ds = try IntentDataset.load(jsonl: url, options: o)
                 var kept = ds.domains
                 if let only = f.domains {
@@ -66,7 +56,7 @@ public enum ExperimentSetup {
             o.domainPrefix = f.domainPrefix
             if let ex = f.excludeDomains { o.excludedDomains = Set(ex) }
             var rows = try IntentDataset.loadMultiIntentTest(jsonl: url, options: o)
-            if f.unknownLabels == "drop" {
+            if f.unknownLabels == .drop {
                 rows = rows.filter { r in
                     guard let i = scenario.index(ofDomain: r.domain) else { return true }
                     return r.intents.allSatisfy { scenario.domains[i].globalLabel(of: $0) != nil }
@@ -79,6 +69,43 @@ public enum ExperimentSetup {
             }
         }
         return (scenario, general)
+    }
+
+    /// The checks a config needs the model and the scenario for, before any run starts: adapter
+    /// and router layers exist, `maxLength` fits the model's positions, and every method's
+    /// training state (parameter store, replay buffer, base weights) fits in `physicalMemory`.
+    /// The error names the field that makes it large.
+    public static func checkResources(_ cfg: ExperimentConfig, model: BertConfig, scenario: Scenario,
+                                      physicalMemory: UInt64 = ProcessInfo.processInfo.physicalMemory) throws {
+        let training = cfg.training ?? TrainingDefaults()
+        guard training.maxLength <= model.maxPositions else {
+            throw ConfigError.outOfBounds(field: "training.maxLength", value: "\(training.maxLength)",
+                                          bounds: "at most the model's \(model.maxPositions) positions")
+        }
+        let L = model.layers, C = model.hidden
+        // embeddings, then per layer: attention (4 C×C + 4 C), feed-forward (2 C×I + I + C), two LayerNorms
+        let base = (model.vocabSize + model.maxPositions + 2 + 2) * C
+            + L * (4 * C * C + 4 * C + 2 * C * model.intermediate + model.intermediate + C + 4 * C)
+        let limit = Int(clamping: physicalMemory)
+        for s in try cfg.resolvedMethods() {
+            let at = "methods[\(s.name)]"
+            for l in s.spec.adapterLayers ?? [] where l >= L {
+                throw ConfigError.outOfBounds(field: "\(at).adapter.layers", value: "\(l)", bounds: "below the model's \(L) layers")
+            }
+            if let l = s.spec.routerLayer, l > L {
+                throw ConfigError.outOfBounds(field: "\(at).router.layer", value: "\(l)", bounds: "at most the model's \(L) layers")
+            }
+            var parts = s.estimatedTrainingBytes(hidden: C, layers: L, intents: scenario.numClasses, domains: scenario.count,
+                                                 baseParameters: base)
+            parts.append(.init(field: "model (frozen base weights)", bytes: 4 * base))
+            if let b = training.bufferBytes { parts.append(.init(field: "training.bufferBytes", bytes: b)) }
+            let total = parts.reduce(0) { a, p in a.addingReportingOverflow(p.bytes).overflow ? .max : a + p.bytes }
+            if total > limit, let largest = parts.max(by: { $0.bytes < $1.bytes }) {
+                let gb = { (b: Int) in String(format: "%.1f GB", Double(b) / 1e9) }
+                throw ConfigError.invalid(field: largest.field, reason: "\(at) needs about \(gb(total)) for training "
+                    + "(\(largest.field): \(gb(largest.bytes))), more than this machine's \(gb(limit)) of memory")
+            }
+        }
     }
 
     /// At most `cap` training examples, taken round-robin over intents (stratified, deterministic).

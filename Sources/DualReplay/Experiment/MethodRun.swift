@@ -11,7 +11,7 @@ struct MethodRun {
     let generalTexts: [String]
 
     var settings: MethodSettings { trainer.settings }
-    var evalSplit: Split { config.evalSplit == "val" ? .val : .test }
+    var evalSplit: Split { (config.evalSplit ?? ConfigDefaults.evalSplit).split }
     func rows(_ d: ScenarioDomain, _ split: Split) -> [IntentExample] { d.evaluationRows(split, cap: config.data.maxEvalPerDomain) }
     func progress(_ s: String) { trainer.progress(s) }
 
@@ -23,7 +23,7 @@ struct MethodRun {
         var routed = EvalMatrix(domains: order.domainNames), oracle = routed, racc = routed, oacc = routed
         var valF1: [[Double]] = [], routerAcc: [Double] = []
         var trainTime = 0.0, evalTime = 0.0, trained = 0, paramsPerDomain = 0
-        let diagnose = config.diagnostics ?? false
+        let diagnose = config.diagnostics ?? ConfigDefaults.diagnostics
         var probeAtLearning: [Double] = []
         for (k, d) in order.domains.enumerated() {
             let t0 = Date()
@@ -64,7 +64,7 @@ struct MethodRun {
             result.evalSeconds = evalTime
             progress("  diagnostics: " + (result.probes ?? []).map { "\($0.domain) \($0.kind.rawValue)" }.joined(separator: ", "))
         }
-        if let lat = evaluator.latency(texts: order.domains.flatMap { $0.test.map(\.text) }, samples: config.latencySamples ?? 200) {
+        if let lat = evaluator.latency(texts: order.domains.flatMap { $0.test.map(\.text) }, samples: config.latencySamples ?? ConfigDefaults.latencySamples) {
             result.latencyP50ms = lat.p50
             result.latencyP99ms = lat.p99
         }
@@ -76,7 +76,7 @@ struct MethodRun {
     func probeF1(_ evaluator: Evaluator, domain j: Int) -> Double {
         let d = order.domains[j]
         var rng = SplitMix64(seed: FNV1a.of(d.name) &+ 0x9B0B)
-        let cap = config.probeTrainPerDomain ?? 600
+        let cap = config.probeTrainPerDomain ?? ConfigDefaults.probeTrainPerDomain
         let train = d.train.count > cap ? Array(d.train.shuffled(using: &rng).prefix(cap)) : d.train
         return evaluator.probeF1(domain: j, train: train, test: rows(d, evalSplit))
     }

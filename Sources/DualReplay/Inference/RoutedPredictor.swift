@@ -16,11 +16,17 @@ public final class RoutedPredictor {
     public let rescoreTopK: Int
     public let rescoreThreshold: Float
 
-    public init(model: ContinualModel, router: DomainRouter?, rescoreTopK: Int = 1, rescoreThreshold: Float = 0.9) {
+    /// `rescoreTopK` 1 turns rescoring off (the threshold is then unused).
+    public init(model: ContinualModel, router: DomainRouter?, rescoreTopK: Int = 1, rescoreThreshold: Float = ConfigDefaults.rescoreThreshold) {
         self.model = model
         self.router = router
         self.rescoreTopK = rescoreTopK
         self.rescoreThreshold = rescoreThreshold
+    }
+
+    /// The predictor a method's settings describe (its rescoring).
+    public convenience init(model: ContinualModel, router: DomainRouter?, settings: MethodSettings) {
+        self.init(model: model, router: router, rescoreTopK: settings.routerRescoreTopK, rescoreThreshold: settings.routerRescoreThreshold)
     }
 
     /// Where router features come from. `live`: computed by the request's own pass, which then

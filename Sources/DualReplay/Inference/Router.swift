@@ -1,33 +1,6 @@
 import CKernels
 import Foundation
 
-/// How the domain router is trained after each domain.
-public struct RouterConfig: Codable, Equatable, Sendable {
-    public var epochs: Int = 40
-    public var batchSize: Int = 64
-    public var learningRate: Float = 2e-3
-    /// Examples of the newest domain used per router retraining (its training split is
-    /// subsampled so the newest domain does not swamp the buffered ones).
-    public var newDomainExamples: Int = 300
-    /// Weight each domain's examples by 1/count so every domain counts equally (a balanced
-    /// buffer); false = plain frequency weighting (the naive router that forgets).
-    public var balanced: Bool = true
-    public init() {}
-}
-
-extension RouterConfig {
-    enum CodingKeys: String, CodingKey { case epochs, batchSize, learningRate, newDomainExamples, balanced }
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = RouterConfig()
-        epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? d.epochs
-        batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? d.batchSize
-        learningRate = try c.decodeIfPresent(Float.self, forKey: .learningRate) ?? d.learningRate
-        newDomainExamples = try c.decodeIfPresent(Int.self, forKey: .newDomainExamples) ?? d.newDomainExamples
-        balanced = try c.decodeIfPresent(Bool.self, forKey: .balanced) ?? d.balanced
-    }
-}
-
 /// The domain router: `Linear(C,Hd) → GELU → dropout → Linear(Hd,K)` on the frozen prefix's
 /// mean-pooled hidden state (see `ContinualModel.routerFeatures`). Its weights live in the model's
 /// parameter store (group "router"); its optimizer step counter is its own.

@@ -279,7 +279,7 @@ public final class ContinualState {
         let k = seen.count - 1
         let step = try trainer.learn(st, domain: seen[k], validation: seen.map { rows($0, .val) }, label: "\(k + 1)")
         // evaluation of every seen domain on its frozen split
-        let evalSplit: Split = manifest.config.evalSplit == "val" ? .val : .test
+        let evalSplit = (manifest.config.evalSplit ?? ConfigDefaults.evalSplit).split
         let eval = Evaluator(predictor: trainer.predictor(st), tokens: tokens).row(seen.map { rows($0, evalSplit) })
         let previous = metrics.last
         let fromVersion = first ? nil : manifest.version
@@ -394,8 +394,7 @@ public final class ContinualState {
     public func predict(_ texts: [String]) -> [Prediction] {
         let st = learner, m = st.model, K = m.domains.count
         let maxLength = (manifest.config.training ?? TrainingDefaults()).maxLength
-        let predictor = RoutedPredictor(model: m, router: st.router, rescoreTopK: settings.routerRescoreTopK ?? 1,
-                                        rescoreThreshold: settings.routerRescoreThreshold ?? 0.9)
+        let predictor = RoutedPredictor(model: m, router: st.router, settings: settings)
         let out = predictor.predict(texts.map { encoder.tokenizer.encode($0, maxLength: maxLength) }, features: .live)
         return texts.indices.map { b in
             let d = m.domains[out.domains[b]]

@@ -34,8 +34,7 @@ public final class DomainTrainer {
 
     /// The route-then-score path of a learner, with the method's rescoring.
     public func predictor(_ st: LearnerState) -> RoutedPredictor {
-        RoutedPredictor(model: st.model, router: st.router, rescoreTopK: settings.routerRescoreTopK ?? 1,
-                        rescoreThreshold: settings.routerRescoreThreshold ?? 0.9)
+        RoutedPredictor(model: st.model, router: st.router, settings: settings)
     }
 
     /// A fresh learner: model, router and the method's buffers under `byteBudget`; Dual-Replay's
@@ -110,7 +109,7 @@ public final class DomainTrainer {
         for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
         for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
         try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng)
-        if s.realignHeadSteps ?? 0 > 0, k > 0 {
+        if s.realignHeadSteps > 0, k > 0 {
             for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) }
         }
         if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng) }
@@ -190,8 +189,7 @@ public final class DomainTrainer {
         guard rows.count >= 2 else { return }
         let x = m.pooled(rows.map(\.tokenIds), gate: j)
         let W = m.store.value(TensorName.headWeight) + d.classOffset * C, b = m.store.value(TensorName.headBias) + d.classOffset
-        let cfg = SoftmaxRegression.Config(epochs: settings.realignHeadSteps ?? 0, batchSize: nil,
-                                           learningRate: settings.realignLearningRate ?? settings.learningRate)
+        let cfg = SoftmaxRegression.Config(epochs: settings.realignHeadSteps, batchSize: nil, learningRate: settings.realignLearningRate)
         SoftmaxRegression.fit(features: x, labels: rows.map { $0.label - Int32(d.classOffset) }, dim: C, classes: d.intents.count,
                               weight: W, bias: b, config: cfg)
     }

@@ -85,7 +85,7 @@ public enum MethodPolicies {
         if s.gateInit == .mask { out.append(GateMaskInit(fraction: s.gateMaskFraction)) }
         out.append(GateRows(freezeOld: s.freezeOldGates))
         if s.freezeOldHeads { out.append(HeadFreezing()) }
-        out.append(SharedAdapterRate(scale: s.sharedLRScale ?? 1))
+        out.append(SharedAdapterRate(scale: s.sharedLRScale))
         if s.protectOldChannels > 0 { out.append(ChannelProtection(strength: s.protectOldChannels)) }
         return out
     }

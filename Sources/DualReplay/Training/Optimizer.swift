@@ -1,7 +1,7 @@
 import CKernels
 import Foundation
 
-public enum LRDecay: String, Codable, Sendable { case constant, linear, cosine }
+public enum LRDecay: String, Codable, CaseIterable, Sendable { case constant, linear, cosine }
 
 /// AdamW and its schedule. Every field has a default; JSON configs may give any subset.
 public struct OptimizerConfig: Codable, Equatable, Sendable {
@@ -33,9 +33,9 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
 }
 
 extension OptimizerConfig {
-    enum CodingKeys: String, CodingKey { case learningRate, beta1, beta2, epsilon, weightDecay, clipNorm, warmupFraction, decay }
+    enum CodingKeys: String, CodingKey, CaseIterable { case learningRate, beta1, beta2, epsilon, weightDecay, clipNorm, warmupFraction, decay }
     public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
         let d = OptimizerConfig()
         learningRate = try c.decodeIfPresent(Float.self, forKey: .learningRate) ?? d.learningRate
         beta1 = try c.decodeIfPresent(Float.self, forKey: .beta1) ?? d.beta1
@@ -44,7 +44,7 @@ extension OptimizerConfig {
         weightDecay = try c.decodeIfPresent(Float.self, forKey: .weightDecay) ?? d.weightDecay
         clipNorm = try c.decodeIfPresent(Float.self, forKey: .clipNorm) ?? d.clipNorm
         warmupFraction = try c.decodeIfPresent(Float.self, forKey: .warmupFraction) ?? d.warmupFraction
-        decay = try c.decodeIfPresent(LRDecay.self, forKey: .decay) ?? d.decay
+        decay = try c.decodeChoice(LRDecay.self, forKey: .decay) ?? d.decay
     }
 }
 

@@ -1,0 +1,90 @@
+import Foundation
+
+/// Training settings shared by every method unless a method's `training` or `replay` block
+/// overrides them.
+public struct TrainingDefaults: Codable, Equatable, Sendable {
+    public var epochs: Int = ConfigDefaults.epochs
+    public var learningRate: Float = ConfigDefaults.learningRate
+    public var batchSize: Int = ConfigDefaults.batchSize
+    public var replayShare: Double = ConfigDefaults.replayShare
+    /// Replay budget in bytes; nil = `bufferExamples` times the mean stored size of a training
+    /// example of the scenario (the same bytes for every method).
+    public var bufferBytes: Int?
+    public var bufferExamples: Int = ConfigDefaults.bufferExamples
+    /// Tokens per utterance, [CLS]/[SEP] included (intent utterances are short).
+    public var maxLength: Int = ConfigDefaults.maxLength
+    public var optimizer: OptimizerConfig = OptimizerConfig()
+    public var routerTraining: RouterConfig = RouterConfig()
+    public init() {}
+
+    /// Bounds of every field, named `training.<field>`.
+    func validate() throws {
+        typealias B = ConfigBounds
+        try Bounds.check(epochs, B.epochs, "training.epochs")
+        try Bounds.check(real: learningRate, B.learningRate, lowerOpen: true, "training.learningRate")
+        try Bounds.check(batchSize, B.batchSize, "training.batchSize")
+        try Bounds.check(real: replayShare, 0...1, upperOpen: true, "training.replayShare")
+        try Bounds.check(bufferBytes, B.bufferBytes, "training.bufferBytes")
+        try Bounds.check(bufferExamples, B.bufferExamples, "training.bufferExamples")
+        try Bounds.check(maxLength, B.maxLength, "training.maxLength")
+        let o = optimizer
+        try Bounds.check(real: o.learningRate, B.learningRate, lowerOpen: true, "training.optimizer.learningRate")
+        try Bounds.check(real: o.beta1, 0...1, upperOpen: true, "training.optimizer.beta1")
+        try Bounds.check(real: o.beta2, 0...1, upperOpen: true, "training.optimizer.beta2")
+        try Bounds.check(real: o.epsilon, 0...1, lowerOpen: true, "training.optimizer.epsilon")
+        try Bounds.check(real: o.weightDecay, 0...1, "training.optimizer.weightDecay")
+        try Bounds.check(real: o.clipNorm, 0...1e6, "training.optimizer.clipNorm")
+        try Bounds.check(real: o.warmupFraction, 0...1, "training.optimizer.warmupFraction")
+        let r = routerTraining
+        try Bounds.check(r.epochs, B.routerEpochs, "training.routerTraining.epochs")
+        try Bounds.check(r.batchSize, B.routerBatchSize, "training.routerTraining.batchSize")
+        try Bounds.check(real: r.learningRate, B.learningRate, lowerOpen: true, "training.routerTraining.learningRate")
+        try Bounds.check(r.newDomainExamples, B.routerNewDomainExamples, "training.routerTraining.newDomainExamples")
+    }
+}
+
+extension TrainingDefaults {
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining
+    }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
+        let d = TrainingDefaults()
+        epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? d.epochs
+        learningRate = try c.decodeIfPresent(Float.self, forKey: .learningRate) ?? d.learningRate
+        batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? d.batchSize
+        replayShare = try c.decodeIfPresent(Double.self, forKey: .replayShare) ?? d.replayShare
+        bufferBytes = try c.decodeIfPresent(Int.self, forKey: .bufferBytes)
+        bufferExamples = try c.decodeIfPresent(Int.self, forKey: .bufferExamples) ?? d.bufferExamples
+        maxLength = try c.decodeIfPresent(Int.self, forKey: .maxLength) ?? d.maxLength
+        optimizer = try c.decodeIfPresent(OptimizerConfig.self, forKey: .optimizer) ?? d.optimizer
+        routerTraining = try c.decodeIfPresent(RouterConfig.self, forKey: .routerTraining) ?? d.routerTraining
+    }
+}
+
+/// How the domain router is trained after each domain.
+public struct RouterConfig: Codable, Equatable, Sendable {
+    public var epochs: Int = 40
+    public var batchSize: Int = 64
+    public var learningRate: Float = 2e-3
+    /// Examples of the newest domain used per router retraining (its training split is
+    /// subsampled so the newest domain does not swamp the buffered ones).
+    public var newDomainExamples: Int = 300
+    /// Weight each domain's examples by 1/count so every domain counts equally (a balanced
+    /// buffer); false = plain frequency weighting (the naive router that forgets).
+    public var balanced: Bool = true
+    public init() {}
+}
+
+extension RouterConfig {
+    enum CodingKeys: String, CodingKey, CaseIterable { case epochs, batchSize, learningRate, newDomainExamples, balanced }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
+        let d = RouterConfig()
+        epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? d.epochs
+        batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? d.batchSize
+        learningRate = try c.decodeIfPresent(Float.self, forKey: .learningRate) ?? d.learningRate
+        newDomainExamples = try c.decodeIfPresent(Int.self, forKey: .newDomainExamples) ?? d.newDomainExamples
+        balanced = try c.decodeIfPresent(Bool.self, forKey: .balanced) ?? d.balanced
+    }
+}
