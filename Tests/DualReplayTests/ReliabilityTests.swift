@@ -83,7 +83,7 @@ import Glibc
             try Data("""
             {"name": "reliability", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": 2}},
              "training": {"epochs": 2, "batchSize": 8, "learningRate": 0.002, "bufferExamples": 12},
-             "methods": [{"kind": "dual-replay", "bottleneck": 8, "adapterLayers": [4, 5]}]}
+             "methods": [{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]}
             """.utf8).write(to: config)
         }
 

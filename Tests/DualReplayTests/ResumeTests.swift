@@ -199,8 +199,9 @@ import Glibc
     }
 
     /// Two small domains of real words for the real encoder, as JSONL files.
-    static func writeDomains(_ root: URL) throws -> [String] {
-        var cfg = SyntheticConfig(domains: 2, intentsPerDomain: 3, trainPerIntent: 8, valPerIntent: 2, testPerIntent: 3, seed: 5)
+    static func writeDomains(_ root: URL, domains: Int = 2, intents: Int = 3, trainPerIntent: Int = 8) throws -> [String] {
+        var cfg = SyntheticConfig(domains: domains, intentsPerDomain: intents, trainPerIntent: trainPerIntent, valPerIntent: 2,
+                                  testPerIntent: 3, seed: 5)
         cfg.multiIntentTestPerDomain = 0
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -264,6 +265,47 @@ import Glibc
             #expect(metrics.map(\.routedF1) == refMetrics.map(\.routedF1) && metrics.map(\.oracleF1) == refMetrics.map(\.oracleF1), "\(crash)")
             #expect(metrics.map(\.routerAccuracy) == refMetrics.map(\.routerAccuracy), "\(crash)")
             #expect(!FileManager.default.fileExists(atPath: OnboardingCheckpoint.url(in: dir).path), "\(crash): checkpoint left behind")
+        }
+    }
+
+    /// Kills in the second and third domain at two checkpoint intervals, with batches large
+    /// enough that several general-stream items are drawn per step: the general stream's frozen
+    /// anchoring targets must not depend on which items an earlier step drew (they once were
+    /// computed in batches of whatever was missing, so a resumed run differed in the last bits).
+    @Test func sigkillInLaterDomainsAtSeveralIntervalsResumesBitIdentical() throws {
+        let model = try TestPaths.require(TestPaths.model.appendingPathComponent("model.safetensors")).deletingLastPathComponent()
+        let root = try TestPaths.tempDir()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let files = try Self.writeDomains(root, domains: 3, intents: 4, trainPerIntent: 20)
+        let general = root.appendingPathComponent("general.jsonl")
+        try Data(SyntheticCorpus.generalText(count: 300, seed: 2).map { "{\"text\": \"\($0)\"}\n" }.joined().utf8).write(to: general)
+        let config = root.appendingPathComponent("config.json")
+        try Data("""
+        {"name": "resume-late", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": 3}},
+         "training": {"epochs": 3, "batchSize": 32, "learningRate": 0.002, "bufferExamples": 60},
+         "methods": [{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]}
+        """.utf8).write(to: config)
+        func args(_ dir: URL, every: Int, resume: Bool) -> [String] {
+            ["onboard", "--init", "--config", config.path, "--general", general.path, "--model", model.path, "--threads", "1",
+             "--state", dir.path, "--checkpoint-every", "\(every)"] + files.flatMap { ["--domain", $0] } + (resume ? ["--resume"] : [])
+        }
+        let reference = root.appendingPathComponent("reference")
+        let ok = try Self.run(args(reference, every: 0, resume: false))
+        try #require(ok.status == 0 && !ok.signaled, "\(ok.stderr)")
+        let refFiles = try S.files(reference)
+        // 80 rows, 26 new per batch: 12 steps per domain; domain 2 is steps 13-24, domain 3 is 25-36
+        for (n, (every, step)) in [(3, 16), (4, 29), (5, 23)].enumerated() {
+            let dir = root.appendingPathComponent("killed-\(n)")
+            let killed = try Self.run(args(dir, every: every, resume: false), crashAt: "step:\(step)")
+            #expect(killed.signaled && killed.status == SIGKILL, "step \(step): \(killed.status) \(killed.stderr.suffix(400))")
+            let resumed = try Self.run(args(dir, every: every, resume: true))
+            try #require(resumed.status == 0 && !resumed.signaled, "step \(step): \(resumed.stderr)")
+            #expect(resumed.stderr.contains("resumed at step"), "step \(step): \(resumed.stderr)")
+            let got = try S.files(dir)
+            #expect(got["params.safetensors"] == refFiles["params.safetensors"], "every \(every), killed at step \(step): parameters differ")
+            #expect(got["buffer.json"] == refFiles["buffer.json"], "every \(every), killed at step \(step): buffer differs")
+            #expect(got["metrics.json"].map { try? JSONDecoder().decode([MetricsRow].self, from: $0).map(\.routedF1) }
+                    == refFiles["metrics.json"].map { try? JSONDecoder().decode([MetricsRow].self, from: $0).map(\.routedF1) })
         }
     }
 }

@@ -5,7 +5,7 @@ import Testing
 import Glibc
 #endif
 
-/// Production state: save/load round trips bit for bit, onboarding equals `runSequential`, and
+/// Production state: save/load round trips bit for bit, onboarding equals the sequential run, and
 /// hostile inputs (corrupted, truncated, oversized files, wrong schema or base model, bad domain
 /// files, a full disk during a save) fail with errors naming the file while the saved state stays
 /// valid. A tiny random encoder keeps the suite fast.
@@ -125,7 +125,7 @@ import Glibc
         #expect(try StateDirectory.currentVersion(dir).lastPathComponent == "000002")
     }
 
-    /// create + onboard a, save, load, onboard b == runSequential over [a, b]: the state carries
+    /// create + onboard a, save, load, onboard b == the experiment's sequential run over [a, b]: the state carries
     /// everything the training loop carries (bit-identical F1 matrices and ledger).
     @Test func onboardingAcrossSavesEqualsRunSequential() throws {
         let enc = try Self.encoder()

@@ -226,7 +226,7 @@ public final class ContinualState {
         return h.hex
     }
 
-    /// Trains `domain` with replay as `runSequential` does, re-evaluates every known domain on
+    /// Trains `domain` with `DomainTrainer.learn` (as the experiment's sequential run does), re-evaluates every known domain on
     /// its test split and returns the diff against the previous version. Nothing is saved here
     /// (but a checkpoint, with `checkpoint`). After an error, reopen the state before going on.
     public func onboard(_ domain: DomainData, source: String = "(domain)", checkpoint plan: CheckpointPlan? = nil) throws -> StateDiff {

@@ -12,7 +12,7 @@ extension Array {
 
 /// The index of the largest of `values[base + i]` for i in `range` (the first one on ties).
 @inline(__always)
-public func argmax(_ values: UnsafeBufferPointer<Float>, base: Int = 0, in range: Range<Int>) -> Int {
+func argmax(_ values: UnsafeBufferPointer<Float>, base: Int = 0, in range: Range<Int>) -> Int {
     precondition(!range.isEmpty, "argmax over an empty range")
     var best = range.lowerBound
     var top = values[base + best]

@@ -8,7 +8,7 @@ public struct FNV1a: Sendable {
 
     public init() {}
 
-    public mutating func add(_ bytes: UnsafeRawBufferPointer) {
+    mutating func add(_ bytes: UnsafeRawBufferPointer) {
         var h = value
         for b in bytes {
             h ^= UInt64(b)

@@ -72,63 +72,6 @@ public struct DomainSlot: Codable, Equatable, Sendable {
     public var classRange: Range<Int> { classOffset..<(classOffset + intents.count) }
 }
 
-/// One training batch as the step sees it. Rows with label -1 carry no classification loss
-/// (general text); `logitTargets[i]` (over the row's class range) adds logit replay (DER);
-/// `anchorTargets[i]` (C floats) adds the representation-anchoring loss.
-public struct TrainingBatch {
-    public var sequences: [[Int32]] = []
-    public var gateIds: [Int32] = []
-    public var labels: [Int32] = []
-    public var rangeLo: [Int32] = []
-    public var rangeHi: [Int32] = []
-    public var logitTargets: [[Float]?] = []
-    public var anchorTargets: [[Float]?] = []
-    public init() {}
-    /// Per-row class range of the stored logits (DER), when it differs from the loss range.
-    public var logitLo: [Int32]? = nil
-    public var logitHi: [Int32]? = nil
-    public var count: Int { sequences.count }
-
-    /// Widens every row's classification range to all `classCount` seen classes, keeping the
-    /// stored logits' own ranges for logit replay.
-    public mutating func scopeToAllSeen(classCount: Int) {
-        logitLo = rangeLo
-        logitHi = rangeHi
-        rangeLo = [Int32](repeating: 0, count: count)
-        rangeHi = [Int32](repeating: Int32(classCount), count: count)
-    }
-    public mutating func append(ids: [Int32], gate: Int32, label: Int32, range: Range<Int>, logits: [Float]? = nil, anchor: [Float]? = nil) {
-        sequences.append(ids); gateIds.append(gate); labels.append(label)
-        rangeLo.append(Int32(range.lowerBound)); rangeHi.append(Int32(range.upperBound))
-        logitTargets.append(logits); anchorTargets.append(anchor)
-    }
-}
-
-public struct LossWeights: Codable, Equatable, Sendable {
-    public var classification: Float = 1
-    public var logitReplay: Float = 0
-    public var anchor: Float = 0
-    public var orthogonality: Float = 0
-    public init() {}
-}
-
-public struct LossParts: Sendable {
-    public var classification = 0.0, logitReplay = 0.0, anchor = 0.0, orthogonality = 0.0
-    public var gradNorm: Float = 0
-    public var total: Double { classification + logitReplay + anchor + orthogonality }
-}
-
-public enum TrainingError: LocalizedError, Equatable {
-    case nonFinite(what: String, step: Int, domain: String)
-    case invalidBatch(String)
-    public var errorDescription: String? {
-        switch self {
-        case let .nonFinite(what, step, domain): return "\(what) is NaN or Inf at step \(step) of domain '\(domain)': training stopped"
-        case .invalidBatch(let s): return "invalid batch: \(s)"
-        }
-    }
-}
-
 /// The frozen encoder plus a method's trainable extensions (adapter + gate table, LoRA sets,
 /// per-domain heads, router), with the workspaces of one training step. Swift owns the
 /// schedule; every numeric pass is a C kernel.
@@ -146,19 +89,19 @@ public final class ContinualModel {
     public var optimizerStep = 0
 
     // C views, rebuilt after every structural change (`rebuildViews`)
-    private var baseParams = dr_bert_params()
-    private var baseGrads = dr_bert_params()
-    private var ptrs: [UnsafeMutablePointer<Float>?] = []
-    private var ptrArena: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>
-    private var slotOfLayer: [Int32]
-    private var loraScales: [Float] = []
+    var baseParams = dr_bert_params()
+    var baseGrads = dr_bert_params()
+    var ptrs: [UnsafeMutablePointer<Float>?] = []
+    var ptrArena: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>
+    var slotOfLayer: [Int32]
+    var loraScales: [Float] = []
 
     // workspaces
     let workspace: EncoderWorkspace
-    private var extArena = FloatArena(count: 0)
-    private var fwdScratch = FloatArena(count: 0)
-    private var bwdScratch = FloatArena(count: 0)
-    private var xacts = dr_ext_acts()
+    var extArena = FloatArena(count: 0)
+    var fwdScratch = FloatArena(count: 0)
+    var bwdScratch = FloatArena(count: 0)
+    var xacts = dr_ext_acts()
 
     public init(base: BertWeights, spec: ModelSpec, seed: UInt64) {
         self.base = base
@@ -223,7 +166,7 @@ public final class ContinualModel {
         return l
     }
 
-    private func addLoRASet(_ rng: inout SplitMix64) {
+    func addLoRASet(_ rng: inout SplitMix64) {
         let k = loraSets, C = config.hidden, r = spec.loraRank
         for l in 0..<config.layers {
             for part in ["q", "v"] {
@@ -297,7 +240,7 @@ public final class ContinualModel {
     }
 
     /// Builds the C description of the extensions for one batch and calls `body` with it.
-    private func withExt<T>(gateIds: UnsafePointer<Int32>?, probs: UnsafePointer<Float>?, dP: UnsafeMutablePointer<Float>?,
+    func withExt<T>(gateIds: UnsafePointer<Int32>?, probs: UnsafePointer<Float>?, dP: UnsafeMutablePointer<Float>?,
                             _ body: (UnsafePointer<dr_bert_ext>?, UnsafeMutablePointer<dr_bert_ext_grads>?) -> T) -> T {
         let S = adapterLayers.count, L = config.layers
         if S == 0 && loraSets == 0 { return body(nil, nil) }
@@ -340,7 +283,7 @@ public final class ContinualModel {
 
     // MARK: - forward
 
-    private var pooledBuf = [Float](), logitsBuf = [Float](), routerFeat = [Float]()
+    var pooledBuf = [Float](), logitsBuf = [Float](), routerFeat = [Float]()
 
     /// Runs the encoder on `batch` with hard gates `gateIds` (one per sequence) and computes
     /// pooled outputs (B,C) and logits over all seen classes (B,V) into the model's buffers.
@@ -387,7 +330,7 @@ public final class ContinualModel {
     }
 
     /// Mean-pooled hidden state at the router layer (B,C) for the batch in the workspace.
-    private func poolLayer(_ l: Int, _ batch: PackedBatch) -> [Float] {
+    func poolLayer(_ l: Int, _ batch: PackedBatch) -> [Float] {
         let B = batch.count, N = batch.tokenCount, C = config.hidden
         var out = [Float](repeating: 0, count: B * C)
         out.withUnsafeMutableBufferPointer { o in
@@ -435,135 +378,12 @@ public final class ContinualModel {
     /// After `routerFeatures`, the layer from which the gated pass may continue.
     public var resumeLayer: Int { max(0, min(routerLayer, gateFreePrefix)) }
 
-    // MARK: - one training step
+    // MARK: - one training step (TrainingStep.swift)
 
-    /// Learning-rate multiplier of the shared adapter projections (`isSharedAdapter`).
+    /// Learning-rate multiplier of the shared adapter projections (`TensorName.isSharedAdapter`).
     public var sharedLRScale: Float = 1
 
-
-    private var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
-
-    /// Forward, losses, backward and one AdamW update of the trainable segments.
-    /// `beforeUpdate` may reshape the gradients (e.g. protect bottleneck channels of earlier domains).
-    public func trainStep(_ tb: TrainingBatch, weights: LossWeights, optimizer: AdamWStep, lr: Float,
-                          beforeUpdate: () -> Void = {}) throws -> LossParts {
-        var parts = try computeGradients(tb, weights: weights)
-        guard parts.total.isFinite else {
-            throw TrainingError.nonFinite(what: "loss", step: optimizerStep + 1, domain: domains.last?.name ?? "?")
-        }
-        beforeUpdate()
-        optimizerStep += 1
-        let segments = store.trainableSegments { $0.group != "router" }
-        var scales: [Float]? = nil
-        if sharedLRScale != 1 {
-            let shared = Set(store.trainableSegments { $0.group != "router" && TensorName.isSharedAdapter($0.name) }.map(\.offset))
-            scales = segments.map { shared.contains($0.offset) ? sharedLRScale : 1 }
-        }
-        parts.gradNorm = optimizer.apply(store, segments: segments, lr: lr, t: optimizerStep, scales: scales)
-        guard parts.gradNorm.isFinite else {
-            throw TrainingError.nonFinite(what: "gradient norm", step: optimizerStep, domain: domains.last?.name ?? "?")
-        }
-        return parts
-    }
-
-    /// Forward, losses and backward: gradients of every trainable tensor (router excluded) land
-    /// in `store.grads` (zeroed first). Returns the loss parts.
-    public func computeGradients(_ tb: TrainingBatch, weights: LossWeights) throws -> LossParts {
-        let B = tb.count, C = config.hidden, V = classCount
-        guard B > 0, V > 0 else { throw TrainingError.invalidBatch("empty batch or no domain") }
-        let batch = PackedBatch(tb.sequences)
-        let N = batch.tokenCount
-        store.zeroGrads()
-        forward(batch, gateIds: tb.gateIds)
-        var parts = LossParts()
-        // classification (rows with a label), logit replay, anchoring
-        if dlogits.count < B * V { dlogits = [Float](repeating: 0, count: B * V); targetsBuf = dlogits }
-        if losses.count < B { losses = [Float](repeating: 0, count: B) }
-        if dpooled.count < B * C { dpooled = [Float](repeating: 0, count: B * C) }
-        for i in 0..<(B * C) { dpooled[i] = 0 }
-        let ceRows = tb.labels.filter { $0 >= 0 }.count
-        var labels = tb.labels, ceW = [Float](repeating: 0, count: B)
-        for b in 0..<B {
-            if labels[b] < 0 { labels[b] = tb.rangeLo[b] } else { ceW[b] = weights.classification / Float(max(ceRows, 1)) }
-        }
-        let rc = dr_softmax_xent_forward_backward(&losses, &dlogits, nil, logitsBuf, labels, tb.rangeLo, tb.rangeHi, ceW, Int64(B), Int64(V))
-        guard rc == DR_OK else { throw TrainingError.invalidBatch("a label lies outside its domain's class range (code \(rc))") }
-        for b in 0..<B where tb.labels[b] >= 0 { parts.classification += Double(losses[b]) * Double(ceW[b]) }
-        let replayRows = tb.logitTargets.filter { $0 != nil }.count
-        if replayRows > 0 && weights.logitReplay > 0 {
-            var w = [Float](repeating: 0, count: B)
-            for b in 0..<B {
-                guard let t = tb.logitTargets[b] else { continue }
-                let lo = Int((tb.logitLo ?? tb.rangeLo)[b])
-                precondition(t.count == Int((tb.logitHi ?? tb.rangeHi)[b]) - lo, "stored logits do not match the class range")
-                for j in 0..<t.count { targetsBuf[b * V + lo + j] = t[j] }
-                w[b] = weights.logitReplay / Float(replayRows)
-            }
-            parts.logitReplay = dr_mse_forward_backward(&dlogits, logitsBuf, targetsBuf, tb.logitLo ?? tb.rangeLo, tb.logitHi ?? tb.rangeHi,
-                                                        w, Int64(B), Int64(V))
-        }
-        let anchorRows = tb.anchorTargets.filter { $0 != nil }.count
-        if anchorRows > 0 && weights.anchor > 0 {
-            var t = [Float](repeating: 0, count: B * C), w = [Float](repeating: 0, count: B)
-            for b in 0..<B {
-                guard let a = tb.anchorTargets[b] else { continue }
-                for j in 0..<C { t[b * C + j] = a[j] }
-                w[b] = weights.anchor / Float(anchorRows)
-            }
-            parts.anchor = dr_mse_forward_backward(&dpooled, pooledBuf, t, nil, nil, w, Int64(B), Int64(C))
-        }
-        // heads backward: dpooled += dlogits·head.w; d head.w += dlogitsᵀ·pooled; d head.b += Σ rows
-        let headTrains = store.tensor(TensorName.headWeight).trainable
-        dr_matmul_backward(&dpooled, headTrains ? store.grad(TensorName.headWeight) : nil, headTrains ? store.grad(TensorName.headBias) : nil,
-                           dlogits, pooledBuf, store.value(TensorName.headWeight), Int64(B), Int64(C), Int64(V))
-        // encoder backward
-        let stop = firstTrainableLayer
-        if stop < config.layers || !adapterLayers.isEmpty {
-            if dtop.count < N * C { dtop = [Float](repeating: 0, count: N * C) }
-            for i in 0..<(N * C) { dtop[i] = 0 }
-            batch.cuSeqlens.withUnsafeBufferPointer { cu in
-                dr_mean_pool_backward(&dtop, dpooled, cu.baseAddress, Int64(B), Int64(C))
-            }
-            var cfg = config.kernelConfig
-            let maxT = (0..<B).map { batch.length($0) }.max() ?? 1
-            tb.gateIds.withUnsafeBufferPointer { gids in
-                withExt(gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, xg in
-                    let need = dr_bert_backward_scratch_size(&cfg, ext, Int64(N), Int64(B), Int64(maxT))
-                    if need > bwdScratch.count { bwdScratch = FloatArena(count: Int(need)) }
-                    var p = baseParams
-                    batch.tokenIds.withUnsafeBufferPointer { ids in
-                        batch.cuSeqlens.withUnsafeBufferPointer { cu in
-                            if spec.fullFineTune {
-                                var g = baseGrads
-                                dr_bert_backward(&g, xg, nil, bwdScratch.base, dtop, &workspace.acts, &xacts, &p, ext, &cfg,
-                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
-                            } else {
-                                dr_bert_backward(nil, xg, nil, bwdScratch.base, dtop, &workspace.acts, &xacts, &p, ext, &cfg,
-                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        // O-LoRA: the newest set's A matrices orthogonal to all earlier ones. Σ|A_old·A_newᵀ| is
-        // separable over the earlier sets' rows, so each frozen set is read in place (no stacking).
-        if spec.loraPerDomain && loraSets > 1 && weights.orthogonality > 0 {
-            let k = loraSets - 1, r = spec.loraRank
-            var scratch = [Float](repeating: 0, count: Int(dr_olora_scratch_size(Int64(r), Int64(r))))
-            for l in 0..<config.layers {
-                for part in ["q", "v"] {
-                    let newA = store.value(TensorName.lora(k, l, part, "A")), dNewA = store.grad(TensorName.lora(k, l, part, "A"))
-                    for j in 0..<k {
-                        parts.orthogonality += dr_olora_penalty_forward_backward(
-                            dNewA, &scratch, store.value(TensorName.lora(j, l, part, "A")), newA,
-                            weights.orthogonality, Int64(r), Int64(r), Int64(C))
-                    }
-                }
-            }
-        }
-        return parts
-    }
+    var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
 
     // MARK: - inference
 
