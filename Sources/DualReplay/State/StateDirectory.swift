@@ -207,7 +207,7 @@ public enum StateDirectory {
     }
 
     /// Swaps the link: a new symlink `versions/<name>` renamed over `current` (atomic), then fsyncs DIR.
-    private static func pointCurrent(_ dir: URL, at name: String) throws {
+    static func pointCurrent(_ dir: URL, at name: String) throws {
         let link = dir.appendingPathComponent("current"), newLink = dir.appendingPathComponent(".current-\(getpid())")
         unlink(newLink.path)
         try step("symlink", newLink.path) { symlink("versions/\(name)", newLink.path) }
@@ -221,12 +221,12 @@ public enum StateDirectory {
     }
 
     /// Runs a system call that returns 0 on success; the test hook of `AtomicFile` can fail it.
-    private static func step(_ name: String, _ path: String, _ call: () -> Int32) throws {
+    static func step(_ name: String, _ path: String, _ call: () -> Int32) throws {
         if let code = AtomicFile.faultInjection?("\(name) \(path)") { throw StateError.saveFailed(path: path, step: name, errno: code) }
         guard call() == 0 else { throw StateError.saveFailed(path: path, step: name, errno: errno) }
     }
 
-    private static func fsyncDirectory(_ url: URL) throws {
+    static func fsyncDirectory(_ url: URL) throws {
         if let code = AtomicFile.faultInjection?("fsyncDirectory \(url.path)") {
             throw StateError.saveFailed(path: url.path, step: "fsync directory", errno: code)
         }
@@ -237,7 +237,7 @@ public enum StateDirectory {
     }
 
     /// Removes numbered versions below `first` and stale temporary directories (best effort).
-    private static func prune(_ versions: URL, keepingFrom first: Int) {
+    static func prune(_ versions: URL, keepingFrom first: Int) {
         let fm = FileManager.default
         for entry in (try? fm.contentsOfDirectory(atPath: versions.path)) ?? [] {
             if let n = Int(entry), n < first { try? fm.removeItem(at: versions.appendingPathComponent(entry)) }
