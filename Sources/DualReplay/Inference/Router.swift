@@ -15,13 +15,13 @@ public final class DomainRouter {
     public var hidden: Int { model.spec.routerHidden }
     public var domainCount: Int { model.domains.count }
 
-    /// Router features (B,C) of sequences, cached.
+    /// Router features (B,C) of sequences, cached. A cached feature is computed for its sequence
+    /// alone (a batch of one): a batched GEMM may round a row differently depending on the rows
+    /// beside it, and what a cache holds must not depend on which sequences happened to be missing
+    /// together earlier in the process, or a resumed run (empty cache) would differ in the last
+    /// bits from an uninterrupted one.
     public func features(_ sequences: [[Int32]]) -> [[Float]] {
-        let C = model.config.hidden
-        var missing: [[Int32]] = []
-        for s in sequences where featureCache[s] == nil { missing.append(s) }
-        let f = uncachedFeatures(missing)
-        for (i, s) in missing.enumerated() { featureCache[s] = Array(f[(i * C)..<((i + 1) * C)]) }
+        for s in sequences where featureCache[s] == nil { featureCache[s] = model.routerFeatures(PackedBatch([s])) }
         return sequences.map { featureCache[$0]! }
     }
 
