@@ -214,23 +214,31 @@ import Glibc
         }
     }
 
-    @Test func sigkillAtAnyMomentThenResumeEndsBitIdentical() throws {
+    /// An onboarding job of the real CLI in `root`: domain files, general text, a dual-replay
+    /// config; returns the arguments of `onboard` for a state directory and checkpoint interval.
+    static func onboardJob(_ root: URL, domains: Int, intents: Int, trainPerIntent: Int, generalCount: Int, epochs: Int, batch: Int,
+                           bufferExamples: Int) throws -> (URL, Int, Bool) -> [String] {
         let model = try TestPaths.require(TestPaths.model.appendingPathComponent("model.safetensors")).deletingLastPathComponent()
-        let root = try TestPaths.tempDir()
-        defer { try? FileManager.default.removeItem(at: root) }
-        let files = try Self.writeDomains(root)
+        let files = try writeDomains(root, domains: domains, intents: intents, trainPerIntent: trainPerIntent)
         let general = root.appendingPathComponent("general.jsonl")
-        try Data(SyntheticCorpus.generalText(count: 40, seed: 2).map { "{\"text\": \"\($0)\"}\n" }.joined().utf8).write(to: general)
+        try Data(SyntheticCorpus.generalText(count: generalCount, seed: 2).map { "{\"text\": \"\($0)\"}\n" }.joined().utf8).write(to: general)
         let config = root.appendingPathComponent("config.json")
         try Data("""
-        {"name": "resume", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": 2}},
-         "training": {"epochs": 2, "batchSize": 8, "learningRate": 0.002, "bufferExamples": 12},
+        {"name": "resume", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": \(domains)}},
+         "training": {"epochs": \(epochs), "batchSize": \(batch), "learningRate": 0.002, "bufferExamples": \(bufferExamples)},
          "methods": [{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]}
         """.utf8).write(to: config)
-        func args(_ dir: URL, resume: Bool) -> [String] {
+        return { dir, every, resume in
             ["onboard", "--init", "--config", config.path, "--general", general.path, "--model", model.path, "--threads", "1",
-             "--state", dir.path, "--checkpoint-every", "2"] + files.flatMap { ["--domain", $0] } + (resume ? ["--resume"] : [])
+             "--state", dir.path, "--checkpoint-every", "\(every)"] + files.flatMap { ["--domain", $0] } + (resume ? ["--resume"] : [])
         }
+    }
+
+    @Test func sigkillAtAnyMomentThenResumeEndsBitIdentical() throws {
+        let root = try TestPaths.tempDir()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let job = try Self.onboardJob(root, domains: 2, intents: 3, trainPerIntent: 8, generalCount: 40, epochs: 2, batch: 8, bufferExamples: 12)
+        func args(_ dir: URL, resume: Bool) -> [String] { job(dir, 2, resume) }
         let reference = root.appendingPathComponent("reference")
         let ok = try Self.run(args(reference, resume: false))
         try #require(ok.status == 0 && !ok.signaled, "\(ok.stderr)")
@@ -273,22 +281,10 @@ import Glibc
     /// anchoring targets must not depend on which items an earlier step drew (they once were
     /// computed in batches of whatever was missing, so a resumed run differed in the last bits).
     @Test func sigkillInLaterDomainsAtSeveralIntervalsResumesBitIdentical() throws {
-        let model = try TestPaths.require(TestPaths.model.appendingPathComponent("model.safetensors")).deletingLastPathComponent()
         let root = try TestPaths.tempDir()
         defer { try? FileManager.default.removeItem(at: root) }
-        let files = try Self.writeDomains(root, domains: 3, intents: 4, trainPerIntent: 20)
-        let general = root.appendingPathComponent("general.jsonl")
-        try Data(SyntheticCorpus.generalText(count: 300, seed: 2).map { "{\"text\": \"\($0)\"}\n" }.joined().utf8).write(to: general)
-        let config = root.appendingPathComponent("config.json")
-        try Data("""
-        {"name": "resume-late", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": 3}},
-         "training": {"epochs": 3, "batchSize": 32, "learningRate": 0.002, "bufferExamples": 60},
-         "methods": [{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]}
-        """.utf8).write(to: config)
-        func args(_ dir: URL, every: Int, resume: Bool) -> [String] {
-            ["onboard", "--init", "--config", config.path, "--general", general.path, "--model", model.path, "--threads", "1",
-             "--state", dir.path, "--checkpoint-every", "\(every)"] + files.flatMap { ["--domain", $0] } + (resume ? ["--resume"] : [])
-        }
+        let job = try Self.onboardJob(root, domains: 3, intents: 4, trainPerIntent: 20, generalCount: 300, epochs: 3, batch: 32, bufferExamples: 60)
+        func args(_ dir: URL, every: Int, resume: Bool) -> [String] { job(dir, every, resume) }
         let reference = root.appendingPathComponent("reference")
         let ok = try Self.run(args(reference, every: 0, resume: false))
         try #require(ok.status == 0 && !ok.signaled, "\(ok.stderr)")
