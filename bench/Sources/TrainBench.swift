@@ -12,9 +12,6 @@ import CKernels
 import DualReplay
 import Foundation
 
-/// The users' reference: PyTorch 2.13, Dual-Replay adapter step, 1 thread, batch 32 × 16 tokens.
-let pytorchExamplesPerSecond = 145.0
-
 struct TrainRecord: Encodable {
     let bench = "train_step"
     let method: String
@@ -32,7 +29,6 @@ struct TrainRecord: Encodable {
     let gflops: Double          // median over rounds of step flops / trainStep time
     let sgemmGflops: Double?    // median over rounds of sgemm on the same batch's GEMM calls
     let ratioToSgemm: Double?   // median over rounds of gflops / sgemmGflops (measured back to back)
-    let vsPytorch: Double?      // examplesPerSec / 145 (1 thread only)
     let trainableParams: Int
     let arenaMiB: Double        // parameter store (values, grads, 2 moments) + activations + scratch
     let baseWeightsMiB: Double  // the frozen encoder (shared, counted once)
@@ -307,7 +303,6 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
                     forwardGflop: work.reduce(0) { $0 + $1.forwardFlops } / Double(nBatches) / 1e9,
                     backwardGflop: work.reduce(0) { $0 + $1.backwardFlops } / Double(nBatches) / 1e9,
                     gflops: gf, sgemmGflops: ceiling, ratioToSgemm: med(ratio),
-                    vsPytorch: threads == 1 ? exs / pytorchExamplesPerSecond : nil,
                     trainableParams: model.store.trainableCount, arenaMiB: Double(arena) / 1048576, baseWeightsMiB: baseMiB,
                     rssBeforeMiB: rssBefore, peakRssMiB: peakRss, maxRssMiB: maxRSSMiB(), loadAvg: loadAverage(),
                     note: "\(step.count) rounds over \(nBatches) batches of \(data.source)"
@@ -321,12 +316,12 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
 }
 
 func printTrainTable(_ records: [TrainRecord]) {
-    print("\n| method | thr | tokens/batch | examples/s | step ms (CPU ms) | fwd ms | bwd ms | opt ms | GFLOP/step | GFLOP/s | sgemm GFLOP/s | ratio | ×PyTorch | arenas MiB | RSS before → peak MiB | load |")
+    print("\n| method | thr | tokens/batch | examples/s | step ms (CPU ms) | fwd ms | bwd ms | opt ms | GFLOP/step | GFLOP/s | sgemm GFLOP/s | ratio | arenas MiB | RSS before → peak MiB | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records {
         print("| \(r.method) | \(r.threads) | \(fmt(r.tokens, 0)) | \(fmt(r.examplesPerSec)) | \(fmt(r.stepMs)) (\(fmt(r.stepCpuMs))) | "
             + "\(fmt(r.forwardMs)) | \(fmt(r.backwardMs)) | \(fmt(r.optimizerMs, 2)) | \(fmt(r.forwardGflop + r.backwardGflop, 2)) | "
-            + "\(fmt(r.gflops)) | \(fmt(r.sgemmGflops)) | \(fmt(r.ratioToSgemm, 2)) | \(fmt(r.vsPytorch, 2)) | \(fmt(r.arenaMiB)) | "
+            + "\(fmt(r.gflops)) | \(fmt(r.sgemmGflops)) | \(fmt(r.ratioToSgemm, 2)) | \(fmt(r.arenaMiB)) | "
             + "\(fmt(r.rssBeforeMiB, 0)) → \(fmt(r.peakRssMiB, 0)) | \(fmt(r.loadAvg)) |")
     }
 }
