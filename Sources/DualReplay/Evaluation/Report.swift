@@ -29,7 +29,24 @@ public enum ResultsReport {
             guard let floats = r.runs.first(where: { $0.method == m.method })?.prototypeFloats else { continue }
             s += "\(m.method): the router's intent prototypes hold \(floats) floats after the last domain (not trained, not counted above).\n"
         }
+        s += comparisons(r)
         s += diagnostics(r)
+        return s
+    }
+
+    /// The paired comparisons (`PairedComparison`): mean difference in points, wins/losses/ties
+    /// over orderings, the two-sided p of the paired t-test and of the sign test.
+    static func comparisons(_ r: ExperimentResults) -> String {
+        guard let cs = r.comparisons, !cs.isEmpty else { return "" }
+        var s = "\n### Paired comparisons (by ordering)\n\n| Method | vs | metric | orderings | mean diff | wins / losses / ties | t-test p | sign-test p |\n"
+        s += "|---|---|---|---|---|---|---|---|\n"
+        for c in cs {
+            let p = c.tTestP.map { String(format: "%.3g", $0) } ?? "-"
+            s += "| \(c.method) | \(c.baseline) | \(c.metric.rawValue) | \(c.differences.count) | \(String(format: "%+.1f", 100 * c.meanDifference)) | "
+            s += "\(c.wins) / \(c.losses) / \(c.ties) | \(p) | \(String(format: "%.3g", c.signTestP)) |\n"
+        }
+        s += "\nTwo-sided p: a paired t-test on the per-ordering differences, and an exact sign test (ties dropped; with n orderings "
+        s += "its smallest p is 2/2^n). A p above 0.05 means the difference is within the noise of the orderings.\n"
         return s
     }
 

@@ -86,9 +86,11 @@ public struct ExperimentResults: Codable, Sendable {
     /// Per-domain F1 of the references, averaged over orderings (oracle mode).
     public var jointF1: [String: Double]?
     public var singleF1: [String: Double]?
+    /// Each Dual-Replay method against each baseline, paired by ordering (`PairedComparison`).
+    public var comparisons: [PairedComparison]?
     public var createdAt: String
 
     enum CodingKeys: String, CodingKey {
-        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, createdAt
+        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt
     }
 }

@@ -102,7 +102,22 @@ public final class ExperimentRunner {
             summaries.append(MethodSummary(s, runs: runs.filter { $0.method == s.name }, single: single, joint: joint))
         }
         let iso = ISO8601DateFormatter().string(from: Date())
-        return ExperimentResults(experimentProtocol: proto, runs: runs, summaries: summaries, jointF1: joint, singleF1: single, createdAt: iso)
+        return ExperimentResults(experimentProtocol: proto, runs: runs, summaries: summaries, jointF1: joint, singleF1: single,
+                                 comparisons: Self.comparisons(summaries.map(\.method), kinds: summaries.map(\.kind), runs: runs), createdAt: iso)
+    }
+
+    /// Every Dual-Replay method against every other method (with no Dual-Replay method: the first
+    /// method against the others), paired by ordering seed.
+    static func comparisons(_ methods: [String], kinds: [MethodKind], runs: [RunResult]) -> [PairedComparison]? {
+        var ours = zip(methods, kinds).filter { $0.1 == .dualReplay }.map(\.0)
+        if ours.isEmpty, let first = methods.first { ours = [first] }
+        var out: [PairedComparison] = []
+        for m in ours {
+            for b in methods where !ours.contains(b) {
+                out += PairedComparison.compare(runs.filter { $0.method == m }, against: runs.filter { $0.method == b })
+            }
+        }
+        return out.isEmpty ? nil : out
     }
 
     public func makeProtocol() -> ExperimentProtocol {
