@@ -110,6 +110,8 @@ final class LineReader {
     let maxLineBytes: Int
     let pauseMilliseconds: Int32
     private var buffer: [UInt8] = []
+    /// What one read(2) fills, reused for every read.
+    private var chunk = [UInt8](repeating: 0, count: 1 << 16)
     private var start = 0
     private var discarding = false
     private var atEnd = false
@@ -172,7 +174,6 @@ final class LineReader {
     }
 
     private func fill() throws {
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {

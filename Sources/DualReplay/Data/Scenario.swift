@@ -178,9 +178,6 @@ extension ScenarioDomain {
     /// The domain's `split` rows (val or test), at most `cap` of them: a fixed random subset
     /// seeded by the domain's name, so every method and ordering scores the same utterances.
     public func evaluationRows(_ split: Split, cap: Int?) -> [IntentExample] {
-        let rows = split == .test ? test : val
-        guard let cap, rows.count > cap else { return rows }
-        var rng = SplitMix64(seed: FNV1a.of(name))
-        return Array(rows.shuffled(using: &rng).prefix(cap))
+        (split == .test ? test : val).fixedSubset(atMost: cap, seed: FNV1a.of(name))
     }
 }

@@ -40,30 +40,28 @@ public final class Evaluator {
         }
     }
 
-    /// Oracle logits of domain `j` (its gate for every row), `inferenceChunk` rows at a time.
-    func oracleLogits(_ part: [[Int32]], domain j: Int) -> [Float] {
-        model.logits(part, gateIds: [Int32](repeating: Int32(j), count: part.count))
+    /// Oracle pass of one chunk of domain `j`'s sequences (its gate and head): the logits (B,V)
+    /// and the predicted global classes.
+    func oracle(_ seqs: [[Int32]], domain j: Int) -> (logits: [Float], classes: [Int32]) {
+        let r = model.domains[j].classRange, V = model.classCount
+        let lg = model.logits(seqs, gateIds: [Int32](repeating: Int32(j), count: seqs.count))
+        return (lg, (0..<seqs.count).map { Int32(argmax(lg, row: $0, width: V, in: r)) })
     }
 
     /// Macro-F1 of domain `j` with its own gate and head (the forgetting signal on validation rows).
     public func oracleF1(domain j: Int, examples: [IntentExample]) -> Double {
-        let r = model.domains[j].classRange, V = model.classCount
-        var pred: [Int32] = []
-        for part in tokens.ids(examples.map(\.text)).chunks() {
-            let lg = oracleLogits(Array(part), domain: j)
-            for b in 0..<part.count { pred.append(Int32(argmax(lg, row: b, width: V, in: r))) }
-        }
-        return macroF1(predictions: pred, labels: labels(examples, domain: j), classes: r.map(Int32.init))
+        let pred = tokens.ids(examples.map(\.text)).chunks().flatMap { oracle(Array($0), domain: j).classes }
+        return macroF1(predictions: pred, labels: labels(examples, domain: j), classes: model.domains[j].classRange.map(Int32.init))
     }
 
     public func score(domain j: Int, examples: [IntentExample]) -> DomainScore {
-        let r = model.domains[j].classRange, V = model.classCount
+        let r = model.domains[j].classRange
         var oraclePred: [Int32] = [], routedPred: [Int32] = [], routerCorrect = 0
         for part in tokens.ids(examples.map(\.text)).chunks() {
             let seqs = Array(part)
-            let oracle = oracleLogits(seqs, domain: j)
-            for b in 0..<seqs.count { oraclePred.append(Int32(argmax(oracle, row: b, width: V, in: r))) }
-            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: oracle))
+            let (logits, classes) = oracle(seqs, domain: j)
+            oraclePred += classes
+            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
             routedPred += routed.classes.map(Int32.init)
             routerCorrect += routed.domains.filter { $0 == j }.count
         }

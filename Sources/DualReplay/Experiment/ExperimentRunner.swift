@@ -34,12 +34,8 @@ public final class ExperimentRunner {
         self.codeVersion = codeVersion
         training = config.training ?? TrainingDefaults()
         tokens = TokenCache(tokenizer: encoder.tokenizer, maxLength: training.maxLength)
-        byteBudget = ExperimentRunner.byteBudget(training, scenario, tokens)
-    }
-
-    /// `training.bufferBytes`, else `bufferExamples` stored examples of the scenario's mean size.
-    static func byteBudget(_ training: TrainingDefaults, _ scenario: Scenario, _ tokens: TokenCache) -> Int {
-        training.bufferBytes ?? ByteBudget.forExamples(training.bufferExamples, meanOf: scenario.domains.flatMap { tokens.ids($0.train.map(\.text)) })
+        byteBudget = ByteBudget.resolve(bytes: training.bufferBytes, examples: training.bufferExamples,
+                                        meanOf: scenario.domains.flatMap { [tokens] in tokens.ids($0.train.map(\.text)) })
     }
 
     func methodRun(_ s: MethodSettings, order: Scenario, seed: UInt64) -> MethodRun {

@@ -9,10 +9,24 @@ struct MethodRun {
     let seed: UInt64
     let byteBudget: Int
     let generalTexts: [String]
+    /// Each domain's validation rows (the forgetting signal) and evaluation rows (the R matrices),
+    /// in `order`, chosen once.
+    let valRows: [[IntentExample]]
+    let evalRows: [[IntentExample]]
+
+    init(trainer: DomainTrainer, config: ExperimentConfig, order: Scenario, seed: UInt64, byteBudget: Int, generalTexts: [String]) {
+        self.trainer = trainer
+        self.config = config
+        self.order = order
+        self.seed = seed
+        self.byteBudget = byteBudget
+        self.generalTexts = generalTexts
+        let cap = config.data.maxEvalPerDomain, split = (config.evalSplit ?? ConfigDefaults.evalSplit).split
+        valRows = order.domains.map { $0.evaluationRows(.val, cap: cap) }
+        evalRows = order.domains.map { $0.evaluationRows(split, cap: cap) }
+    }
 
     var settings: MethodSettings { trainer.settings }
-    var evalSplit: Split { (config.evalSplit ?? ConfigDefaults.evalSplit).split }
-    func rows(_ d: ScenarioDomain, _ split: Split) -> [IntentExample] { d.evaluationRows(split, cap: config.data.maxEvalPerDomain) }
     func progress(_ s: String) { trainer.progress(s) }
 
     func sequential() throws -> RunResult {
@@ -27,14 +41,13 @@ struct MethodRun {
         var probeAtLearning: [Double] = []
         for (k, d) in order.domains.enumerated() {
             let t0 = Date()
-            let seen = order.domains[0...k]
-            let step = try trainer.learn(st, domain: d, validation: seen.map { rows($0, .val) }, label: "\(k + 1)/\(K)")
+            let step = try trainer.learn(st, domain: d, validation: Array(valRows[0...k]), label: "\(k + 1)/\(K)")
             valF1.append(step.validationF1)
             trained += step.trained
             paramsPerDomain = step.parametersAdded
             let t1 = Date()
             trainTime += t1.timeIntervalSince(t0)
-            let row = evaluator.row(seen.map { rows($0, evalSplit) })
+            let row = evaluator.row(Array(evalRows[0...k]))
             for j in 0...k {
                 routed[afterTraining: k, domain: j] = row.routedF1[j]
                 oracle[afterTraining: k, domain: j] = row.oracleF1[j]
@@ -75,10 +88,9 @@ struct MethodRun {
     /// The probe of domain `j` on at most `probeTrainPerDomain` of its training rows (a fixed subset).
     func probeF1(_ evaluator: Evaluator, domain j: Int) -> Double {
         let d = order.domains[j]
-        var rng = SplitMix64(seed: FNV1a.of(d.name) &+ 0x9B0B)
-        let cap = config.probeTrainPerDomain ?? ConfigDefaults.probeTrainPerDomain
-        let train = d.train.count > cap ? Array(d.train.shuffled(using: &rng).prefix(cap)) : d.train
-        return evaluator.probeF1(domain: j, train: train, test: rows(d, evalSplit))
+        let train = d.train.fixedSubset(atMost: config.probeTrainPerDomain ?? ConfigDefaults.probeTrainPerDomain,
+                                        seed: FNV1a.of(d.name) &+ 0x9B0B)
+        return evaluator.probeF1(domain: j, train: train, test: evalRows[j])
     }
 
     /// Multi-intent fragility of every domain with multi-intent test rows, after the last domain.
@@ -86,11 +98,7 @@ struct MethodRun {
         let last = order.count - 1
         return order.domains.enumerated().compactMap { j, d in
             guard !d.multiIntentTest.isEmpty else { return nil }
-            var rows = d.multiIntentTest
-            if let cap = config.data.maxEvalPerDomain, rows.count > cap {
-                var rng = SplitMix64(seed: FNV1a.of(d.name) &+ 0x3017)
-                rows = Array(rows.shuffled(using: &rng).prefix(cap))
-            }
+            let rows = d.multiIntentTest.fixedSubset(atMost: config.data.maxEvalPerDomain, seed: FNV1a.of(d.name) &+ 0x3017)
             return evaluator.multiIntentScore(domain: j, rows: rows, singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j])
         }
     }
@@ -130,7 +138,7 @@ struct MethodRun {
         var routed = EvalMatrix(domains: order.domainNames)
         var oracle = routed, racc = routed, oacc = routed
         let last = order.count - 1, t1 = Date()
-        let row = Evaluator(predictor: trainer.predictor(st), tokens: trainer.tokens).row(order.domains.map { self.rows($0, evalSplit) })
+        let row = Evaluator(predictor: trainer.predictor(st), tokens: trainer.tokens).row(evalRows)
         for j in order.domains.indices {
             routed.f1[last][j] = row.routedF1[j]; oracle.f1[last][j] = row.oracleF1[j]
             racc.f1[last][j] = row.routedAccuracy[j]; oacc.f1[last][j] = row.oracleAccuracy[j]
@@ -152,7 +160,7 @@ struct MethodRun {
             _ = try trainer.loop.run(m, settings, optimizer: trainer.training.optimizer, examples: trainer.trainingRows(d, domainIndex: 0, labelOffset: 0),
                                      policies: trainer.policies, replay: { _, _, _ in }, rng: &rng, label: settings.name)
             let e = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: trainer.tokens)
-            out[d.name] = e.oracleF1(domain: 0, examples: rows(d, evalSplit))
+            out[d.name] = e.oracleF1(domain: 0, examples: evalRows[k])
         }
         return out
     }

@@ -145,7 +145,4 @@ public final class DomainRouter {
             }
         }
     }
-
-    /// Drops cached features (e.g. when the base model changes — it never does for adapters).
-    public func clearCache() { featureCache.removeAll() }
 }

@@ -31,14 +31,8 @@ public final class FloatArena {
 
     public func zero() { base.update(repeating: 0, count: count) }
     var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
-    /// A copy of the contents.
-    public var array: [Float] { Array(buffer) }
     /// Calls `body` with the storage (valid only inside `body`; for kernel benchmarks and tests).
     public func withUnsafeMutablePointer<R>(_ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R { try body(base) }
-    public func copy(from other: FloatArena) {
-        precondition(other.count == count)
-        base.update(from: other.base, count: count)
-    }
 }
 
 extension BertConfig {

@@ -7,4 +7,9 @@ public enum ByteBudget {
         let meanBytes = 4 * Double(total) / Double(max(sequences.count, 1)) + 8 + Double(ReplayItem.overheadBytes)
         return Int((Double(examples) * meanBytes).rounded())
     }
+
+    /// `bytes` when given, else `examples` stored examples of the mean size of `sequences`.
+    public static func resolve(bytes: Int?, examples: Int, meanOf sequences: @autoclosure () -> [[Int32]]) -> Int {
+        bytes ?? forExamples(examples, meanOf: sequences())
+    }
 }

@@ -244,8 +244,8 @@ public final class ContinualState {
         trainer.progress = progress
         var st = learner
         if first {
-            manifest.byteBudget = training.bufferBytes
-                ?? ByteBudget.forExamples(training.bufferExamples, meanOf: scenario.domains.flatMap { tokens.ids($0.train.map(\.text)) })
+            manifest.byteBudget = ByteBudget.resolve(bytes: training.bufferBytes, examples: training.bufferExamples,
+                                                     meanOf: scenario.domains.flatMap { tokens.ids($0.train.map(\.text)) })
             st = try trainer.makeLearner(seed: manifest.seed, byteBudget: manifest.byteBudget, generalTexts: generalTexts)
         }
         if let plan {

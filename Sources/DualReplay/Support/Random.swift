@@ -60,6 +60,16 @@ extension RandomNumberGenerator {
     }
 }
 
+extension Array {
+    /// All elements when there are at most `cap` (or no cap), else a fixed random `cap` of them:
+    /// the same subset for the same `seed`, so every method and ordering sees the same rows.
+    public func fixedSubset(atMost cap: Int?, seed: UInt64) -> [Element] {
+        guard let cap, count > cap else { return self }
+        var rng = SplitMix64(seed: seed)
+        return Array(shuffled(using: &rng).prefix(cap))
+    }
+}
+
 extension MutableCollection where Self: RandomAccessCollection, Index == Int {
     /// Fisher-Yates shuffle with `stableIndex(below:)`: the same permutation for the same generator state.
     public mutating func stableShuffle<G: RandomNumberGenerator>(using rng: inout G) {

@@ -199,12 +199,8 @@ public final class DomainTrainer {
     /// says otherwise). Without a buffer the router only ever sees the newest domain.
     func retrainRouter(_ router: DomainRouter, _ st: LearnerState, rows: [TrainingRow], domain k: Int, rng: inout SplitMix64) {
         router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) })
-        var buffered: [ReplayItem] = []
-        if let dual = st.dual { for j in 0..<k { buffered += dual.items(of: Int32(j)) } }
-        if let res = st.reservoir { buffered = res.items.filter { $0.domain != Int32(k) } }
         var ex = rows.shuffled(using: &rng).prefix(training.routerTraining.newDomainExamples).map { ($0.ids, Int32($0.domain)) }
-        ex += buffered.filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
-        if st.dual == nil && st.reservoir == nil { ex = ex.filter { $0.1 == Int32(k) } }
+        ex += st.bufferedItems(before: k).filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
         var rc = training.routerTraining
         rc.balanced = settings.routerBalanced
         router.train(ex, config: rc, optimizer: training.optimizer, rng: &rng)

@@ -28,4 +28,11 @@ public final class LearnerState {
     public func bufferedItems(of j: Int) -> [ReplayItem] {
         dual?.items(of: Int32(j)) ?? reservoir?.items.filter { $0.domain == Int32(j) } ?? []
     }
+
+    /// Buffered items of every domain before `k`: the dual stream's domain by domain, the
+    /// reservoir's in buffer order.
+    public func bufferedItems(before k: Int) -> [ReplayItem] {
+        if let dual { return (0..<k).flatMap { dual.items(of: Int32($0)) } }
+        return reservoir?.items.filter { $0.domain < Int32(k) } ?? []
+    }
 }
