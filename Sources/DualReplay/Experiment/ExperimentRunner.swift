@@ -91,9 +91,11 @@ public final class ExperimentRunner {
                     continue
                 }
                 progress("== \(s.name): \(what)")
-                let r = try methodRun(s, order: scenario.ordering(seed: seed), seed: seed).sequential()
-                runs.append(r)
+                var r = try methodRun(s, order: scenario.ordering(seed: seed), seed: seed).sequential()
+                let t0 = Date()
                 try finished(r)
+                r.timing?.io = Date().timeIntervalSince(t0)
+                runs.append(r)
             }
             summaries.append(MethodSummary(s, runs: runs.filter { $0.method == s.name }, single: single, joint: joint))
         }
