@@ -51,9 +51,11 @@ import Testing
             let row = try JSONDecoder().decode(Row.self, from: Data(line.utf8))
             expected[row.file, default: []].append(row.settings)
         }
+        // configs added after the migration have no flat form; every migrated one must still be here
         let files = try FileManager.default.contentsOfDirectory(atPath: Self.experiments.path).filter { $0.hasSuffix(".json") }
-        #expect(Set(files) == Set(expected.keys))
-        for f in files.sorted() {
+        #expect(Set(expected.keys).isSubset(of: Set(files)))
+        #expect(expected.count >= 14)
+        for f in expected.keys.sorted() {
             let got = try ExperimentConfig.load(Self.experiments.appendingPathComponent(f)).resolvedMethods()
             let want = expected[f] ?? []
             #expect(got.count == want.count, "\(f)")

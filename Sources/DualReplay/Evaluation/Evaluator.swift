@@ -44,7 +44,7 @@ public final class Evaluator {
     /// and the predicted global classes.
     func oracle(_ seqs: [[Int32]], domain j: Int) -> (logits: [Float], classes: [Int32]) {
         let r = model.domains[j].classRange, V = model.classCount
-        let lg = model.logits(seqs, gateIds: [Int32](repeating: Int32(j), count: seqs.count))
+        let lg = model.logits(seqs, gateIds: [Int32](repeating: Int32(j), count: seqs.count), reusePrefix: true)
         return (lg, (0..<seqs.count).map { Int32(argmax(lg, row: $0, width: V, in: r)) })
     }
 

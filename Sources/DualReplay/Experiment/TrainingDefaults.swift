@@ -20,6 +20,9 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
     /// the result does not depend on the thread or rank count. 0 = one pass over the whole batch
     /// with BLAS's own threads.
     public var gradientChunk: Int = ConfigDefaults.gradientChunk
+    /// MiB for the frozen prefixes of recurring evaluation and validation chunks (`PrefixCache`:
+    /// exact, bit-identical logits); 0 = off. Only adapters above layer 0 leave a prefix to cache.
+    public var prefixCacheMB: Int = ConfigDefaults.prefixCacheMB
     public init() {}
 
     /// Bounds of every field, named `training.<field>`.
@@ -33,6 +36,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
         try Bounds.check(bufferExamples, B.bufferExamples, "training.bufferExamples")
         try Bounds.check(maxLength, B.maxLength, "training.maxLength")
         try Bounds.check(gradientChunk, B.gradientChunk, "training.gradientChunk")
+        try Bounds.check(prefixCacheMB, B.prefixCacheMB, "training.prefixCacheMB")
         let o = optimizer
         try Bounds.check(real: o.learningRate, B.learningRate, lowerOpen: true, "training.optimizer.learningRate")
         try Bounds.check(real: o.beta1, 0...1, upperOpen: true, "training.optimizer.beta1")
@@ -51,7 +55,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
 
 extension TrainingDefaults {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk
+        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
@@ -66,6 +70,7 @@ extension TrainingDefaults {
         optimizer = try c.decodeIfPresent(OptimizerConfig.self, forKey: .optimizer) ?? d.optimizer
         routerTraining = try c.decodeIfPresent(RouterConfig.self, forKey: .routerTraining) ?? d.routerTraining
         gradientChunk = try c.decodeIfPresent(Int.self, forKey: .gradientChunk) ?? d.gradientChunk
+        prefixCacheMB = try c.decodeIfPresent(Int.self, forKey: .prefixCacheMB) ?? d.prefixCacheMB
     }
 }
 

@@ -2,7 +2,7 @@ import CKernels
 import Foundation
 
 /// Sequences packed back to back: sequence b owns token rows cuSeqlens[b] ..< cuSeqlens[b+1].
-public struct PackedBatch: Sendable {
+public struct PackedBatch: Sendable, Hashable {
     public private(set) var tokenIds: [Int32] = []
     public private(set) var cuSeqlens: [Int64] = [0]
     public var count: Int { cuSeqlens.count - 1 }

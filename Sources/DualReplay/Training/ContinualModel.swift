@@ -304,13 +304,26 @@ public final class ContinualModel {
     /// Runs the encoder on `batch` with hard gates `gateIds` (one per sequence) and computes
     /// pooled outputs (B,C) and logits over all seen classes (B,V) into the context's buffers.
     /// `fromLayer` > 0 reuses hidden[fromLayer] already in the workspace (routing pass).
-    func forward(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int = 0, upToLayer: Int? = nil, in ctx: PassContext? = nil) {
+    /// `reusePrefix`: the batch is a canonical chunk that recurs (evaluation, validation): its
+    /// frozen prefix comes from, or goes to, `prefixCache`.
+    func forward(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int = 0, upToLayer: Int? = nil, in ctx: PassContext? = nil,
+                 reusePrefix: Bool = false) {
         let ctx = ctx ?? main
         let workspace = ctx.workspace
         let B = batch.count, N = batch.tokenCount, C = config.hidden
         var cfg = config.kernelConfig
         let PS = batch.cuSeqlens.withUnsafeBufferPointer { dr_attention_prob_size($0.baseAddress, Int64(B), Int64(config.heads)) }
+        var fromLayer = fromLayer
+        let p = gateFreePrefix
+        let cache = reusePrefix && fromLayer == 0 && upToLayer == nil && p >= 1 ? prefixCache : nil
         if fromLayer == 0 { workspace.prepare(tokens: N, probs: Int(PS)) }
+        if let cache, let h = cache.lookup(batch) {
+            h.withUnsafeBufferPointer { (workspace.acts.hidden + p * N * C).update(from: $0.baseAddress!, count: N * C) }
+            fromLayer = p
+        }
+        defer {
+            if let cache, fromLayer == 0 { cache.store(batch, hidden: UnsafeBufferPointer(start: workspace.acts.hidden + p * N * C, count: N * C)) }
+        }
         let S = Int64(adapterLayers.count)
         gateIds.withUnsafeBufferPointer { gids in
             withExt(ctx, gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, _ in
@@ -403,13 +416,16 @@ public final class ContinualModel {
 
     /// Data-parallel training (`ChunkedReduction`): nil = one pass over the whole batch.
     public var chunking: ChunkedReduction?
+    /// Frozen prefixes of recurring evaluation chunks (nil = off; useless without a gate-free prefix).
+    public var prefixCache: PrefixCache?
 
     // MARK: - inference
 
     /// Class scores for sequences with given gates: (B,V) logits.
-    public func logits(_ sequences: [[Int32]], gateIds: [Int32]) -> [Float] {
+    /// `reusePrefix`: `sequences` is a canonical chunk scored again and again (`PrefixCache`).
+    public func logits(_ sequences: [[Int32]], gateIds: [Int32], reusePrefix: Bool = false) -> [Float] {
         let batch = PackedBatch(sequences)
-        forward(batch, gateIds: gateIds)
+        forward(batch, gateIds: gateIds, reusePrefix: reusePrefix)
         return Array(logitsBuf[0..<(batch.count * classCount)])
     }
 

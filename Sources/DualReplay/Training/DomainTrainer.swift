@@ -31,6 +31,7 @@ public final class DomainTrainer {
         if training.gradientChunk > 0 {
             m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: Parallelism.collective)
         }
+        if training.prefixCacheMB > 0 && m.gateFreePrefix >= 1 { m.prefixCache = PrefixCache(byteBudget: training.prefixCacheMB << 20) }
         return m
     }
 
