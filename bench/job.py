@@ -181,6 +181,7 @@ def main():
     ap.add_argument("--data", default=os.environ.get("DR_DATA"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--only", default="ours,reference", help="which sides to run")
+    ap.add_argument("--config", help="another config than bench/experiments/bench-job-<variant>.json (quick checks)")
     ap.add_argument("--max-domains", type=int, default=0, help="reference only: first K domains (a wiring check, not a comparison)")
     args = ap.parse_args()
     args.out = os.path.abspath(args.out)
@@ -189,7 +190,7 @@ def main():
     if args.model:
         args.model = os.path.abspath(args.model)
     os.makedirs(args.out, exist_ok=True)
-    cfg = os.path.join(HERE, "experiments", f"bench-job-{args.variant}.json")
+    cfg = os.path.abspath(args.config) if args.config else os.path.join(HERE, "experiments", f"bench-job-{args.variant}.json")
     threads_list = [int(t) for t in args.threads.split(",")]
     sides = args.only.split(",")
     job = {"variant": args.variant, "config": os.path.relpath(cfg, REPO), "sitting": sitting(), "runs": []}

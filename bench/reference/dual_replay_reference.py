@@ -117,8 +117,8 @@ class Domain:
 
 def load_scenario(cfg, data_dir):
     files = cfg["data"].get("files") or []
-    if len(files) != 1 or any(k not in ("path", "excludeDomains") for k in files[0]):
-        sys.exit("dual_replay_reference: only one data file with at most `excludeDomains` is supported")
+    if len(files) != 1 or any(k not in ("path", "excludeDomains", "domains") for k in files[0]):
+        sys.exit("dual_replay_reference: only one data file with at most `excludeDomains` and `domains` is supported")
     exclude = set(files[0].get("excludeDomains", ["oos"]))
     path = files[0]["path"] if files[0]["path"].startswith("/") else os.path.join(data_dir, files[0]["path"])
     domains = {}
@@ -134,6 +134,8 @@ def load_scenario(cfg, data_dir):
             d = domains.setdefault(r["domain"], Domain(r["domain"]))
             getattr(d, r["split"]).append((r["text"], intents[0]))
     out = list(domains.values())
+    if "domains" in files[0]:
+        out = [domains[name] for name in files[0]["domains"]]
     cap = cfg["data"].get("maxTrainPerDomain")
     for d in out:
         d.intents = sorted({i for _, i in d.train})
