@@ -155,8 +155,10 @@ def table(records, threads_list):
             cells += [fmt(vo, digits), fmt(vr, digits), fmt(q, 2)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
-    for p in PHASES:
-        row(f"{PHASE_NAMES[p]} s", lambda r, p=p: (r.get("timing") or {}).get(p))
+    extra = sorted({k for r in records for k in (r.get("timing") or {}) if k not in PHASES and k != "total"})
+    for p in PHASES + extra:
+        row(f"{PHASE_NAMES.get(p, p)} s", lambda r, p=p: (r.get("timing") or {}).get(p))
+    row("phases total s", lambda r: (r.get("timing") or {}).get("total"))
     row("total wall s (child process)", lambda r: r["wallSeconds"])
     row("train s", lambda r: r.get("trainSeconds"))
     row("eval s", lambda r: r.get("evalSeconds"))

@@ -486,6 +486,7 @@ def run(args):
     enc = MiniLM(args.model)
     enc.eval()
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the router's dropout draws from the global generator
     for d in domains:
         d.train_ids = [tok.encode(t) for t, _ in d.train]
         d.train_labels = [d.offset + d.intents.index(i) for _, i in d.train]
