@@ -154,8 +154,7 @@ def load_scenario(cfg, data_dir):
                 if not added:
                     break
                 i += 1
-            d.train = kept
-            d.intents = sorted({i for _, i in d.train})
+            d.train = kept  # the intents stay those of the whole training split, as ours
     seed = cfg.get("orderingSeeds", [0])[0]
     if seed != 0:
         stable_shuffle(out, SplitMix64(seed))
@@ -474,8 +473,6 @@ def run(args):
     tr = cfg.get("training", {})
     epochs, batch, lr = tr.get("epochs", 3), tr.get("batchSize", 32), tr.get("learningRate", 1e-3)
     domains, general_texts, seed = load_scenario(cfg, args.data)
-    if args.max_domains:
-        domains = domains[: args.max_domains]
     tok = WordPieceTokenizer(os.path.join(args.model, "vocab.txt"), max_length=tr.get("maxLength", 64))
     if args.token_ids:  # ids our binary wrote (`dualreplay embed`): both sides then read the same ids
         with open(args.token_ids) as f:
@@ -490,9 +487,11 @@ def run(args):
     for d in domains:
         d.train_ids = [tok.encode(t) for t, _ in d.train]
         d.train_labels = [d.offset + d.intents.index(i) for _, i in d.train]
-    # the byte budget: bufferExamples (1000) stored examples of the scenario's mean size
+    # the byte budget: bufferExamples (1000) stored examples of the whole scenario's mean size
     all_train = [s for d in domains for s in d.train_ids]
     budget = swift_round(1000 * (4 * sum(map(len, all_train)) / max(len(all_train), 1) + 8 + 16))
+    if args.max_domains:  # after the budget: a quick check keeps the full protocol's budget
+        domains = domains[: args.max_domains]
     dual = DualStream(budget, seed=seed)
     # the general stream: general text, shuffled by the learner's generator, 4000 offered to its reservoir
     for t in swift_shuffled(general_texts, SplitMix64((seed + 0x5EED) & M64))[:4000]:
