@@ -273,9 +273,12 @@ def sitting():
             boot = f.read().strip()
     except OSError:
         boot = "unknown"
+    cfg = torch.__config__.show()
+    blas = next((x.split("=", 1)[1] for x in cfg.replace(",", "\n").split() if x.startswith("BLAS_INFO=")), "?")
+    isa = next((l.split(":", 1)[1].strip() for l in cfg.splitlines() if "CPU capability usage" in l), "?")
     return {"record": "sitting", "cpuModel": cpu, "bootId": boot, "hostname": socket.gethostname(),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "unixTime": time.time(),
-            "cores": os.cpu_count(), "torch": torch.__version__}
+            "cores": os.cpu_count(), "torch": torch.__version__, "torchBlas": blas, "torchCpuCapability": isa}
 
 
 def peak_rss_mib():
