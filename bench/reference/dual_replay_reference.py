@@ -413,6 +413,13 @@ class Learner:
         self.protos = torch.cat([self.protos, torch.zeros(n, self.enc.C)])
         return k
 
+    def domain_of(self, label):
+        """The domain index of a global class."""
+        for k, (o, n) in enumerate(self.domains):
+            if o <= label < o + n:
+                return k
+        raise ValueError(label)
+
     def trainable(self):
         return [p for g in self.opt.param_groups for p in g["params"] if p.requires_grad]
 
@@ -524,7 +531,7 @@ def run(args):
                     replay = dual.sample(n_replay - n_general, gen)
                     general = dual.general.sample(n_general, gen)
                 seqs += [it[0] for it in replay] + general
-                gates += [L_domain_of(L, it[1]) for it in replay] + [k] * len(general)
+                gates += [L.domain_of(it[1]) for it in replay] + [k] * len(general)
                 n_ce = len(labels) + len(replay)
                 labels += [it[1] for it in replay]
                 logits, pooled = L.logits(seqs, gates)
@@ -580,7 +587,7 @@ def run(args):
         # -- router: 300 new-domain utterances + every buffered one of the earlier domains, balanced
         if k > 0:
             pick = torch.randperm(len(d.train_ids), generator=gen)[:300].tolist()
-            ex = [(d.train_ids[i], k) for i in pick] + [(it[0], L_domain_of(L, it[1])) for it in dual.items_before(k)]
+            ex = [(d.train_ids[i], k) for i in pick] + [(it[0], L.domain_of(it[1])) for it in dual.items_before(k)]
             x = L.frozen([e[0] for e in ex])
             y = torch.tensor([e[1] for e in ex])
             w_dom = 1.0 / torch.bincount(y, minlength=k + 1).clamp_min(1).float()
@@ -685,14 +692,6 @@ def run(args):
         with open(args.out, "w") as f:
             f.write(line + "\n")
     print(line)
-
-
-def L_domain_of(L, label):
-    """The domain index of a global class."""
-    for k, (o, n) in enumerate(L.domains):
-        if o <= label < o + n:
-            return k
-    raise ValueError(label)
 
 
 def main():
