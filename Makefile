@@ -16,7 +16,7 @@ BIN      = $(shell swift build -c release --show-bin-path)
 
 APT_PKGS := libopenblas-dev liblapacke-dev pkg-config
 
-.PHONY: setup deps model build test bench demo fuzz clean
+.PHONY: setup deps model build test bench demo fuzz clean reference-venv bench-reference bench-job
 
 setup: deps model
 
@@ -52,7 +52,42 @@ test: setup
 
 bench: setup
 	$(RELEASE) --product dr-bench
-	$(BIN)/dr-bench $(BENCH_ARGS)
+	$(BIN)/dr-bench $(if $(wildcard $(REF_OUT)),--reference $(REF_OUT)) $(BENCH_ARGS)
+
+# The side-by-side PyTorch reference (bench/reference/README.md). It runs in a throwaway venv
+# OUTSIDE the repo; the project never depends on it. `bench-reference` measures the PyTorch
+# training step and the torch/onnxruntime encoder latency into $(REF_OUT), which `make bench`
+# then compares with ours (only when measured on this machine, this boot, within 12 h).
+REF_VENV        ?= $(HOME)/.cache/dualreplay/ref-venv
+REF_PY          := $(REF_VENV)/bin/python
+REF_TORCH       ?= torch==2.13.0
+# CPU wheels of torch (PyPI's Linux wheel pulls the CUDA libraries); empty = plain PyPI
+REF_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+REF_OUT         ?= build/bench/reference.jsonl
+REF_ARGS        ?=
+
+reference-venv:
+	@if ! $(REF_PY) -c "import torch, onnxruntime, onnx, numpy; assert torch.__version__.split('+')[0] == '$(patsubst torch==%,%,$(REF_TORCH))'" 2>/dev/null; then \
+	  echo "bench-reference: creating $(REF_VENV) ($(REF_TORCH), onnxruntime, onnx, numpy)"; \
+	  python3 -m venv $(REF_VENV) && \
+	  $(REF_PY) -m pip install -q --upgrade pip && \
+	  $(REF_PY) -m pip install -q $(if $(REF_TORCH_INDEX),--index-url $(REF_TORCH_INDEX)) $(REF_TORCH) && \
+	  $(REF_PY) -m pip install -q onnxruntime onnx numpy || exit 1; \
+	fi
+
+bench-reference: setup reference-venv
+	@mkdir -p $(dir $(REF_OUT))
+	$(REF_PY) bench/reference/step_reference.py --model $(MODEL_DIR) --data $(DR_DATA) --out $(REF_OUT) $(REF_ARGS)
+
+# The whole job, ours then the reference, at 1 and 2 threads: BENCH_JOB=full (all of CLINC150,
+# 3 epochs) or reduced (caps, ~10 min for the four runs). Table + build/bench-job/job.json.
+BENCH_JOB      ?= full
+BENCH_JOB_ARGS ?=
+
+bench-job: setup reference-venv
+	$(RELEASE) --product dualreplay
+	python3 bench/job.py --variant $(BENCH_JOB) --bin $(BIN)/dualreplay --python $(REF_PY) --threads 1,2 \
+	  --model $(MODEL_DIR) --data $(DR_DATA) --out build/bench-job $(BENCH_JOB_ARGS)
 
 demo: setup
 	$(RELEASE) --product dualreplay

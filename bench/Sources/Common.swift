@@ -20,6 +20,8 @@ struct BenchOptions {
     var out: String? = nil
     /// Training bench: time trainStep only (no split, no sgemm replay), e.g. under a profiler.
     var stepOnly = false
+    /// JSON lines of `make bench-reference` (PyTorch, onnxruntime): ratios when measured in this sitting.
+    var reference: String? = nil
 
     static func parse(_ args: [String]) -> BenchOptions {
         var o = BenchOptions()
@@ -36,6 +38,7 @@ struct BenchOptions {
         if let v = value("--seconds"), let s = Double(v) { o.seconds = s }
         if let v = value("--batch"), let n = Int(v) { o.batch = n }
         if let v = value("--out") { o.out = v }
+        if let v = value("--reference") { o.reference = v }
         o.stepOnly = args.contains("--step-only")
         return o
     }

@@ -108,11 +108,22 @@ func benchEncoder(_ o: BenchOptions, _ out: Reporter) throws -> [BenchRecord] {
     return records
 }
 
-func printEncoderTable(_ records: [BenchRecord]) {
-    print("\n| bench | threads | batch | tokens | value | GFLOP/s | sgemm GFLOP/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+/// With `reference` (measured in this sitting): vsPyTorch and vsOnnxruntime for the latency rows,
+/// as speed ratios (their ms ÷ ours; > 1 means ours is faster).
+func printEncoderTable(_ records: [BenchRecord], reference: ReferenceFigures? = nil) {
+    let extra = reference == nil ? "" : " vsPyTorch | vsOnnxruntime |"
+    print("\n| bench | threads | batch | tokens | value | GFLOP/s | sgemm GFLOP/s | ratio |" + extra)
+    print("|---|---|---|---|---|---|---|---|" + (reference == nil ? "" : "---|---|"))
     for r in records {
         let ratio = r.ratioToSgemm.map { String(format: "%.2f", $0) } ?? "-"
-        print("| \(r.bench) | \(r.threads) | \(r.batch) | \(r.tokens) | \(String(format: "%.2f", r.value)) \(r.unit) | \(fmt(r.gflops)) | \(fmt(r.sgemmGflops)) | \(ratio) |")
+        var row = "| \(r.bench) | \(r.threads) | \(r.batch) | \(r.tokens) | \(String(format: "%.2f", r.value)) \(r.unit) | \(fmt(r.gflops)) | \(fmt(r.sgemmGflops)) | \(ratio) |"
+        if let reference {
+            let p = r.bench.hasSuffix("p99") ? "p99" : "p50"
+            let isLatency = r.bench.hasPrefix("encoder_latency_")
+            for engine in ["torch", "onnxruntime"] {
+                row += " \(fmt(isLatency ? reference.latencyRatio(engine: engine, percentile: p, ms: r.value) : nil, 2)) |"
+            }
+        }
+        print(row)
     }
 }

@@ -315,13 +315,17 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
     return records
 }
 
-func printTrainTable(_ records: [TrainRecord]) {
-    print("\n| method | thr | tokens/batch | examples/s | step ms (CPU ms) | fwd ms | bwd ms | opt ms | GFLOP/step | GFLOP/s | sgemm GFLOP/s | ratio | arenas MiB | RSS before → peak MiB | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+/// With `reference` (measured in this sitting): vsPyTorch = our examples/s ÷ the PyTorch step's at
+/// the same method and thread count.
+func printTrainTable(_ records: [TrainRecord], reference: ReferenceFigures? = nil) {
+    print("\n| method | thr | tokens/batch | examples/s | step ms (CPU ms) | fwd ms | bwd ms | opt ms | GFLOP/step | GFLOP/s | sgemm GFLOP/s | ratio | arenas MiB | RSS before → peak MiB | load |"
+        + (reference == nil ? "" : " vsPyTorch |"))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + (reference == nil ? "" : "---|"))
     for r in records {
+        let vs = reference.map { " \(fmt($0.trainRatio(method: r.method, threads: r.threads, examplesPerSec: r.examplesPerSec), 2)) |" } ?? ""
         print("| \(r.method) | \(r.threads) | \(fmt(r.tokens, 0)) | \(fmt(r.examplesPerSec)) | \(fmt(r.stepMs)) (\(fmt(r.stepCpuMs))) | "
             + "\(fmt(r.forwardMs)) | \(fmt(r.backwardMs)) | \(fmt(r.optimizerMs, 2)) | \(fmt(r.forwardGflop + r.backwardGflop, 2)) | "
             + "\(fmt(r.gflops)) | \(fmt(r.sgemmGflops)) | \(fmt(r.ratioToSgemm, 2)) | \(fmt(r.arenaMiB)) | "
-            + "\(fmt(r.rssBeforeMiB, 0)) → \(fmt(r.peakRssMiB, 0)) | \(fmt(r.loadAvg)) |")
+            + "\(fmt(r.rssBeforeMiB, 0)) → \(fmt(r.peakRssMiB, 0)) | \(fmt(r.loadAvg)) |" + vs)
     }
 }

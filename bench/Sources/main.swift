@@ -4,12 +4,15 @@
 //
 //   dr-bench [--only encoder,train,kernels,predict] [--threads 1,2] [--methods adapter,adapter-t16,lora,full]
 //            [--seconds 2] [--batch 32] [--latency-runs 1000] [--model DIR] [--data DIR] [--out PATH]
+//            [--reference build/bench/reference.jsonl]
 import DualReplay
 import Foundation
 
 setvbuf(stdout, nil, _IOLBF, 0)
 let options = BenchOptions.parse(Array(CommandLine.arguments.dropFirst()))
 let reporter = Reporter(outPath: options.out)
+// checked first, so that a stale or foreign reference is said before anything runs
+let reference = options.reference.flatMap { loadReference($0) }
 var encoderRecords: [BenchRecord] = []
 var trainRecords: [TrainRecord] = []
 var kernelRecords: [KernelRecord] = []
@@ -18,7 +21,8 @@ if options.runs("encoder") { encoderRecords = try benchEncoder(options, reporter
 if options.runs("train") { trainRecords = try benchTrainStep(options, reporter) }
 if options.runs("kernels") { kernelRecords = try benchKernels(options, reporter) }
 if options.runs("predict") { predictRecords = try benchPredict(options, reporter) }
-if !encoderRecords.isEmpty { printEncoderTable(encoderRecords) }
-if !trainRecords.isEmpty { printTrainTable(trainRecords) }
+if let reference { emitReferenceComparisons(reference, encoder: encoderRecords, train: trainRecords, reporter) }
+if !encoderRecords.isEmpty { printEncoderTable(encoderRecords, reference: reference) }
+if !trainRecords.isEmpty { printTrainTable(trainRecords, reference: reference) }
 if !kernelRecords.isEmpty { printKernelTable(kernelRecords) }
 if !predictRecords.isEmpty { printPredictTable(predictRecords) }
