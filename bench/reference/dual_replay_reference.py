@@ -308,7 +308,7 @@ class DualStream:
 
     def add_domain(self, domain, items, forgetting):
         largest = max((item_bytes(i[0], i[2]) for i in items), default=0)
-        self.update_forgetting(forgetting)  # ours folds the same signal in again here (see README)
+        self.update_forgetting(forgetting)
         self.slots.append({"domain": domain, "items": [], "largest": largest, "ema": None, "weight": 0.0,
                            "sampling": 0.0, "quota": 0})
         self._recompute()
@@ -572,7 +572,6 @@ def run(args):
         best_val = [max(b, v) for b, v in zip(best_val, vrow)]
         val_f1.append(vrow)
         stored = L.logits_nograd(d.train_ids, [k] * len(d.train_ids))[:, d.offset:d.offset + len(d.intents)]
-        dual.update_forgetting(forgetting)
         dual.add_domain(k, [(s, y, lgt) for s, y, lgt in zip(d.train_ids, d.train_labels, stored.tolist())], forgetting)
         t2 = time.perf_counter()
         phases["quotaValidation"] += t2 - t1

@@ -178,7 +178,8 @@ public final class DomainTrainer {
             _ = res.appendLedgerEntry(newDomain: Int32(k))
         }
         if let dual = st.dual {
-            dual.updateForgetting(forgetting)
+            // `addDomain` folds the forgetting signal into the quotas (once: it used to be folded
+            // in here as well, which applied the EMA twice per domain)
             let lg = storeLogits ? st.model.domainLogits(rows.map(\.ids), domain: k) : []
             let items = rows.enumerated().map { i, r in
                 ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
