@@ -187,7 +187,9 @@ func arenaBytes(_ cfg: BertConfig, _ model: ContinualModel, tokens N: Int, probs
     return floats * MemoryLayout<Float>.size
 }
 
-struct MethodCase { let name: String; let spec: ModelSpec; let fixedLength: Int? }
+/// `chunk`: data-parallel chunks of that many rows on the bench's threads (`ChunkedReduction`,
+/// single-threaded BLAS per chunk) instead of one pass with BLAS's own threads.
+struct MethodCase { let name: String; let spec: ModelSpec; let fixedLength: Int?; var chunk: Int? = nil }
 
 func trainCases(_ o: BenchOptions) -> [MethodCase] {
     var adapter = ModelSpec()
@@ -196,8 +198,14 @@ func trainCases(_ o: BenchOptions) -> [MethodCase] {
     lora.lora = true                // rank 8, alpha 16, on query and value
     var full = ModelSpec()
     full.fullFineTune = true
+    var upper = adapter
+    upper.adapterLayers = [3, 4, 5]  // adapters on the upper half: the backward stops at layer 3
     let all = [MethodCase(name: "adapter", spec: adapter, fixedLength: nil),
                MethodCase(name: "adapter-t16", spec: adapter, fixedLength: 16),
+               MethodCase(name: "adapter-c8", spec: adapter, fixedLength: nil, chunk: 8),
+               MethodCase(name: "adapter-c16", spec: adapter, fixedLength: nil, chunk: 16),
+               MethodCase(name: "adapter-upper", spec: upper, fixedLength: nil),
+               MethodCase(name: "adapter-upper-c8", spec: upper, fixedLength: nil, chunk: 8),
                MethodCase(name: "lora", spec: lora, fixedLength: nil),
                MethodCase(name: "full", spec: full, fixedLength: nil)]
     guard let m = o.methods else { return all }
@@ -227,6 +235,7 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
             // the model and its workspaces live in this scope only, so the next case starts clean
             let rec: TrainRecord = try {
                 let model = ContinualModel(base: encoder.weights, spec: c.spec, seed: 7)
+                model.chunking = c.chunk.map { ChunkedReduction(chunkSize: $0, threads: threads) }
                 for d in data.domains { model.addDomain(name: d.name, intents: d.intents) }
                 var batches: [TrainingBatch] = [], packed: [PackedBatch] = []
                 for b in 0..<nBatches {
