@@ -49,4 +49,20 @@ import Testing
         _ = all.logits(seqs, gateIds: [0, 0, 1, 1], reusePrefix: true)
         #expect(all.gateFreePrefix == 0 && all.prefixCache!.misses == 0 && all.prefixCache!.count == 0)
     }
+
+    @Test func routerChunkFeaturesAreTheBatchedPassOnceAndForAll() throws {
+        let m = TrainingTests.model { $0.adapter = true }
+        let router = DomainRouter(model: m)
+        let seqs = Self.chunk(6, seed: 5), batch = PackedBatch(seqs)
+        let direct = m.routerFeatures(batch)
+        #expect(router.chunkFeatures(batch) == direct)
+        // the trainable weights move: frozen features do not, and the cached chunk is returned as is
+        let adam = AdamWStep(config: OptimizerConfig())
+        _ = try m.trainStep(DataParallelTests.batch(m), weights: DataParallelTests.weights, optimizer: adam, lr: 1e-2)
+        #expect(router.chunkFeatures(batch) == direct && m.routerFeatures(batch) == direct)
+        // routing a cached chunk decides as the live pass does
+        let live = RoutedPredictor(model: m, router: router).predictChunk(seqs, features: .live)
+        let cached = RoutedPredictor(model: m, router: router).predictChunk(seqs, features: .cached)
+        #expect(live.domains == cached.domains && live.classes == cached.classes)
+    }
 }

@@ -31,7 +31,8 @@ public final class RoutedPredictor {
 
     /// Where router features come from. `live`: computed by the request's own pass, which then
     /// continues from the shared frozen prefix (`ContinualModel.resumeLayer`); `cached`: the
-    /// router's feature cache (evaluation, where the same utterances are routed after every domain).
+    /// router's cache of canonical chunks (`DomainRouter.chunkFeatures`: evaluation, where the same
+    /// chunks of the same rows are routed after every domain).
     public enum Features { case live, cached }
 
     /// Logits (B,V) already computed for the batch under one gate (the evaluator's oracle pass):
@@ -97,7 +98,7 @@ public final class RoutedPredictor {
             logits = known?.gate == 0 ? known!.logits : m.logits(seqs, gateIds: gates)
         } else {
             let batch = PackedBatch(seqs)
-            let feats = features == .live ? m.routerFeatures(batch) : router.features(seqs).flatMap { $0 }
+            let feats = features == .live ? m.routerFeatures(batch) : router.chunkFeatures(batch)
             let p = router.probabilities(feats, count: B)
             out.probabilities = p
             for b in 0..<B { gates[b] = Int32(argmax(p, row: b, width: K, in: 0..<K)) }

@@ -25,6 +25,18 @@ public final class DomainRouter {
         return sequences.map { featureCache[$0]! }
     }
 
+    /// Router features (B·C, flat) of one canonical chunk that is routed again and again
+    /// (evaluation rows after every domain), computed in one batched pass the first time and
+    /// cached by the whole chunk: the same chunk always gets the same bits, however the run got
+    /// there (a resumed run recomputes the identical chunk).
+    public func chunkFeatures(_ batch: PackedBatch) -> [Float] {
+        if let f = chunkCache[batch] { return f }
+        let f = model.routerFeatures(batch)
+        chunkCache[batch] = f
+        return f
+    }
+    private var chunkCache: [PackedBatch: [Float]] = [:]
+
     /// Router features (B·C, flat) of sequences, `inferenceChunk` at a time, not cached.
     func uncachedFeatures(_ sequences: [[Int32]]) -> [Float] {
         var out: [Float] = []
