@@ -235,11 +235,19 @@ struct OnboardCommand: ParsableCommand {
             } else {
                 print(Self.render(diff))
             }
+            try writeReport(dir)
             if Interrupt.shared.requested {
                 printError("dualreplay: stopped after saving version \(version); rerun with --resume for the remaining domains")
                 throw ExitCode(130)
             }
         }
+    }
+
+    /// DIR/report.html of the version just saved (`dualreplay report DIR`).
+    private func writeReport(_ dir: URL) throws {
+        let url = dir.appendingPathComponent("report.html")
+        try AtomicFile.write(Data(HTMLReport.page(state: try StateDirectory.load(dir).snapshot).utf8), to: url)
+        printError("dualreplay: wrote \(url.path)")
     }
 
     private func createState() throws -> ContinualState {
