@@ -249,9 +249,10 @@ import FoundationXML
     @Test func runRecordsRouterConfusionSizesAndFloors() throws {
         var m = MethodConfig(kind: .dualReplay)
         m.adapter.bottleneck = 4
+        let lora = MethodConfig(kind: .loraReplay)
         var cfg = ExperimentConfig(name: "report-run", data: DataConfig(synthetic: SyntheticConfig(domains: 3, intentsPerDomain: 3, trainPerIntent: 6,
                                                                                                   valPerIntent: 2, testPerIntent: 3, seed: 5)),
-                                   methods: [m])
+                                   methods: [m, lora])
         cfg.orderings = 1
         cfg.latencySamples = 0
         cfg.training = StateTests.config().training
@@ -275,9 +276,13 @@ import FoundationXML
         #expect(run.intentCounts == [3, 3, 3])
         let floors = try #require(run.ledger?.entries.last?.domains.map(\.floor))
         #expect(floors.count == 3 && floors.allSatisfy { ($0 ?? 0) > 0 })
-        // the audit's estimate at the run's K is the parameter count the run measured
-        let s = try MethodSettings.resolve(m, training: cfg.training!)
-        #expect(ParameterAudit.trainableParameters(s, base: results.baseModel!, domains: 3, intentsPerDomain: 3) == run.trainableParameters)
+        // the audit's estimate at the run's K is the parameter count each run measured
+        for (method, measured) in zip([m, lora], results.runs) {
+            let s = try MethodSettings.resolve(method, training: cfg.training!)
+            #expect(ParameterAudit.trainableParameters(s, base: results.baseModel!, domains: 3, intentsPerDomain: 3) == measured.trainableParameters,
+                    "\(s.name)")
+        }
+        #expect(results.runs[1].routerConfusion == nil)
         let page = Self.scan(HTMLReport.page(results: results))
         #expect(page.figures.values.contains("router-confusion"))
     }

@@ -19,19 +19,19 @@ public enum ParameterAudit {
     /// Trainable parameters of method `s` at `domains` domains of `intentsPerDomain` intents each on
     /// `base`: `MethodSettings.estimatedTrainingBytes` (16 B per parameter: value, gradient and the
     /// two AdamW moments) divided by 16, without the router's intent prototypes (frozen
-    /// statistics, not trained) and without a router the method does not have.
+    /// statistics, not trained). The router's MLP is counted for every method, as the parameter
+    /// store holds it (a method without routing leaves it unused).
     public static func trainableParameters(_ s: MethodSettings, base: BaseModelShape, domains: Int, intentsPerDomain: Double) -> Int {
         var t = s
         t.spec.routerPrototypes = nil
         let intents = Int((Double(domains) * intentsPerDomain).rounded())
         let parts = t.estimatedTrainingBytes(hidden: base.hidden, layers: base.layers, intents: intents, domains: domains,
                                              baseParameters: base.parameters)
-        let routerField = "methods[\(s.name)].router"
-        return parts.filter { s.router || $0.field != routerField }.reduce(0) { $0 + $1.bytes / 16 }
+        return parts.reduce(0) { $0 + $1.bytes / 16 }
     }
 
     /// A LoRA per domain (rank `rank` on query and value of every layer, earlier sets frozen) with
-    /// a head per domain and no router: the usual way to add domains without forgetting.
+    /// a head per domain: the usual way to add domains without forgetting.
     public static func perDomainLoRA(rank: Int) -> MethodSettings? {
         var m = MethodConfig(kind: .olora)
         m.name = "per-domain LoRA (r=\(rank))"
