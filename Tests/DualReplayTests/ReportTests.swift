@@ -143,6 +143,8 @@ import FoundationXML
         for s in ["0123456789abcdef", "abc1234", "00112233aabbccdd", "2026-01-02T03:04:05Z", "seed 2: auto → travel &amp; &lt;home&gt; → banking"] {
             #expect(html.contains(s), "the run card lacks \(s)")
         }
+        #expect(html.contains("auto<br/>seed 2:"), "one ordering per line")
+        #expect(!html.contains("\\u{A}") && html.contains("&quot;orderingSeeds&quot; : [\n"), "the config is shown line by line")
     }
 
     @Test func heatmapCellsHoldTheResultsNumbers() throws {

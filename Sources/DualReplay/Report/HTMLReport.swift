@@ -107,8 +107,10 @@ public enum HTMLReport {
             ("date", r.createdAt),
         ]
         var s = "<figure id=\"run-card\" data-kind=\"run-card\" class=\"card\"><figcaption>Run card</figcaption><table class=\"kv\">"
-        for (k, v) in rows { s += "<tr><th>\(xmlEscaped(k))</th><td>\(xmlEscaped(v).replacingOccurrences(of: "\n", with: "<br/>"))</td></tr>" }
-        s += "<tr><th>config</th><td><details><summary>resolved config (JSON)</summary><pre>\(xmlEscaped(config))</pre></details></td></tr>"
+        for (k, v) in rows {
+            s += "<tr><th>\(xmlEscaped(k))</th><td>\(xmlEscapedLines(v, separator: "<br/>"))</td></tr>"
+        }
+        s += "<tr><th>config</th><td><details><summary>resolved config (JSON)</summary><pre>\(xmlEscapedLines(config))</pre></details></td></tr>"
         return s + "</table></figure>\n"
     }
 
@@ -400,7 +402,7 @@ public enum HTMLReport {
         let config = (try? enc.encode(mf.config)).map { String(decoding: $0, as: UTF8.self) } ?? "-"
         body += "<figure id=\"run-card\" data-kind=\"run-card\" class=\"card\"><figcaption>State card</figcaption><table class=\"kv\">"
         for (k, v) in rows { body += "<tr><th>\(xmlEscaped(k))</th><td>\(xmlEscaped(v))</td></tr>" }
-        body += "<tr><th>config</th><td><details><summary>config (JSON)</summary><pre>\(xmlEscaped(config))</pre></details></td></tr></table></figure>\n"
+        body += "<tr><th>config</th><td><details><summary>config (JSON)</summary><pre>\(xmlEscapedLines(config))</pre></details></td></tr></table></figure>\n"
         body += versions(s, run)
         body += comparisonFigures([run], methods: [run.method])
         body += "<section class=\"method\" id=\"method-state\"><h2>Sequence of domains</h2>\n" + runFigures(run) + "</section>\n"
@@ -422,7 +424,7 @@ public enum HTMLReport {
         var chart = lineChart(xLabels: xs, series: series, yRange: 0...100, yTitle: "routed F1", label: "per-domain F1 after each version")
         // a red mark over every version that raised a red line
         var marks = SVGCanvas(width: 560, height: 22)
-        let f = PlotFrame(plotWidth: 480, plotHeight: 1, yMin: 0, yMax: 1, count: xs.count)
+        let f = PlotFrame(plotWidth: 450, plotHeight: 1, yMin: 0, yMax: 1, count: xs.count)
         for (i, r) in rows.enumerated() {
             let lines = r.redLines ?? []
             if lines.isEmpty {

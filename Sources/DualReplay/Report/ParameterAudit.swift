@@ -9,9 +9,9 @@ public enum ParameterAudit {
     public static let memoryBudgetBytes = 16e9
     /// A 7B decoder's shape (Llama-2-7B: 32 layers of width 4096, 6.74 B weights).
     public static let base7B = BaseModelShape(layers: 32, hidden: 4096, parameters: 6_738_415_616)
-    /// all-MiniLM-L6-v2, the default base (6 layers of width 384, 22.7 M weights): assumed for
+    /// all-MiniLM-L6-v2, the default base (6 layers of width 384, 22.6 M weights): assumed for
     /// results written before the base model's shape was recorded.
-    public static let defaultBase = BaseModelShape(layers: 6, hidden: 384, parameters: 22_713_216)
+    public static let defaultBase = BaseModelShape(layers: 6, hidden: 384, parameters: 22_565_376)
     /// Bytes per frozen base weight: fp32 as this code runs the small base, bf16 for the 7B one
     /// (whose fp32 weights alone, 27 GB, would not fit the budget).
     public static func bytesPerFrozenWeight(_ base: BaseModelShape) -> Double { base.parameters > 1_000_000_000 ? 2 : 4 }

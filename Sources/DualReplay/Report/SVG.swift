@@ -20,6 +20,11 @@ func xmlEscaped(_ s: String) -> String {
     return out
 }
 
+/// Several lines of text, each `xmlEscaped`, joined by `separator` (a line break is not unsafe here).
+func xmlEscapedLines(_ s: String, separator: String = "\n") -> String {
+    s.split(separator: "\n", omittingEmptySubsequences: false).map { xmlEscaped(String($0)) }.joined(separator: separator)
+}
+
 /// `v` with `decimals` decimals ("-" when not finite; never "-0.0").
 func fixed(_ v: Double, _ decimals: Int = 1) -> String {
     guard v.isFinite else { return "-" }
@@ -157,7 +162,7 @@ func niceTicks(_ lo: Double, _ hi: Double, count: Int = 5) -> [Double] {
 func lineChart(xLabels: [String], series: [ChartSeries], yRange: ClosedRange<Double>, yTitle: String, thresholds: [Threshold] = [],
                label: String, format: (Double) -> String = { fixed($0) }, width: Double = 560, height: Double = 260) -> String {
     var svg = SVGCanvas(width: width, height: height + Double((series.count + 2) / 3) * 16)
-    let f = PlotFrame(plotWidth: width - 80, plotHeight: height - 70, yMin: yRange.lowerBound, yMax: yRange.upperBound, count: xLabels.count)
+    let f = PlotFrame(plotWidth: width - 110, plotHeight: height - 70, yMin: yRange.lowerBound, yMax: yRange.upperBound, count: xLabels.count)
     f.drawAxes(&svg, xLabels: xLabels, yTitle: yTitle, ticks: niceTicks(yRange.lowerBound, yRange.upperBound), tickFormat: { fixed($0, 0) })
     for t in thresholds {
         svg.line(f.left, f.y(t.value), f.left + f.plotWidth, f.y(t.value), stroke: redLineColor, width: 1.5, dash: "6 3", title: t.label)
@@ -194,7 +199,7 @@ func legend(_ svg: inout SVGCanvas, _ entries: [(String, String)], top: Double, 
 func barChart(categories: [String], series: [ChartSeries], yRange: ClosedRange<Double>, yTitle: String, thresholds: [Threshold] = [],
               label: String, format: (Double) -> String = { fixed($0) }, width: Double = 560, height: Double = 260) -> String {
     var svg = SVGCanvas(width: width, height: height + Double((series.count + 2) / 3) * 16)
-    let f = PlotFrame(plotWidth: width - 80, plotHeight: height - 70, yMin: yRange.lowerBound, yMax: yRange.upperBound, count: categories.count)
+    let f = PlotFrame(plotWidth: width - 110, plotHeight: height - 70, yMin: yRange.lowerBound, yMax: yRange.upperBound, count: categories.count)
     let ticks = niceTicks(yRange.lowerBound, yRange.upperBound)
     for t in ticks {
         svg.line(f.left, f.y(t), f.left + f.plotWidth, f.y(t), stroke: "#e3e3e3")
@@ -232,7 +237,7 @@ func heatmap(rows: [String], columns: [String], rowTitle: String, columnTitle: S
     let n = max(rows.count, columns.count)
     let cell = max(16.0, min(44.0, 440.0 / Double(max(n, 1))))
     let left = 110.0, top = 30.0
-    var svg = SVGCanvas(width: left + cell * Double(columns.count) + 20, height: top + cell * Double(rows.count) + 90)
+    var svg = SVGCanvas(width: left + cell * Double(columns.count) + 20, height: top + cell * Double(rows.count) + 100)
     for (j, name) in columns.enumerated() {
         let x = left + cell * (Double(j) + 0.5), y = top + cell * Double(rows.count) + 8
         svg.text(x, y, shortened(name, 16), anchor: .end, size: min(10, cell * 0.45), fill: "#555", rotate: true)
@@ -273,7 +278,7 @@ func stackedArea(xLabels: [String], layers: [ChartSeries], floors: [[Double?]], 
     var totals = [Double](repeating: 0, count: xLabels.count)
     for l in layers { for (i, v) in l.values.enumerated() where i < totals.count { totals[i] += v ?? 0 } }
     let yMax = max(budget ?? 0, totals.max() ?? 0, 1) * 1.05
-    let f = PlotFrame(plotWidth: width - 80, plotHeight: height - 70, yMin: 0, yMax: yMax, count: xLabels.count)
+    let f = PlotFrame(plotWidth: width - 110, plotHeight: height - 70, yMin: 0, yMax: yMax, count: xLabels.count)
     f.drawAxes(&svg, xLabels: xLabels, yTitle: yTitle, ticks: niceTicks(0, yMax), tickFormat: format)
     var base = [Double](repeating: 0, count: xLabels.count)
     for (k, l) in layers.enumerated() {
