@@ -235,7 +235,7 @@ struct OnboardCommand: ParsableCommand {
             } else {
                 print(Self.render(diff))
             }
-            try writeReport(dir)
+            writeReport(dir)
             if Interrupt.shared.requested {
                 printError("dualreplay: stopped after saving version \(version); rerun with --resume for the remaining domains")
                 throw ExitCode(130)
@@ -243,11 +243,16 @@ struct OnboardCommand: ParsableCommand {
         }
     }
 
-    /// DIR/report.html of the version just saved (`dualreplay report DIR`).
-    private func writeReport(_ dir: URL) throws {
+    /// DIR/report.html of the version just saved (`dualreplay report DIR`). The version is saved
+    /// already: a report that cannot be written is a warning, not a failed onboarding.
+    private func writeReport(_ dir: URL) {
         let url = dir.appendingPathComponent("report.html")
-        try AtomicFile.write(Data(HTMLReport.page(state: try StateDirectory.load(dir).snapshot).utf8), to: url)
-        printError("dualreplay: wrote \(url.path)")
+        do {
+            try AtomicFile.write(Data(HTMLReport.page(state: try StateDirectory.load(dir).snapshot).utf8), to: url)
+            printError("dualreplay: wrote \(url.path)")
+        } catch {
+            printError("dualreplay: warning: the version is saved but \(url.path) was not written: \(error.localizedDescription)")
+        }
     }
 
     private func createState() throws -> ContinualState {

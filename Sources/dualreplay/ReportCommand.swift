@@ -27,6 +27,7 @@ struct ReportCommand: ParsableCommand {
         _ = FileManager.default.fileExists(atPath: input.path, isDirectory: &isDir)
         let target = out.map { URL(fileURLWithPath: $0) }
             ?? (isDir.boolValue ? input : input.deletingLastPathComponent()).appendingPathComponent("report.html")
+        try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
         try AtomicFile.write(Data(html.utf8), to: target)
         printError("dualreplay: wrote \(target.path)")
     }

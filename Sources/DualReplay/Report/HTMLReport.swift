@@ -127,7 +127,7 @@ public enum HTMLReport {
             s += "<td>\(m.trainableParameters) (+\(m.parametersPerNewDomain))</td><td>\(m.latencyP99ms.map { fixed($0) } ?? "-")</td></tr>"
         }
         if let j = r.jointF1, !j.isEmpty {
-            let mean = j.values.reduce(0, +) / Double(j.count)
+            let mean = j.keys.sorted().reduce(0) { $0 + j[$1]! } / Double(j.count)  // a fixed order: the same bytes every time
             s += "<tr><td>joint (reference, oracle)</td><td>\(fixed(100 * mean))</td><td>-</td><td>-</td><td>-</td><td>\(fixed(100 * mean))</td>"
             s += "<td>-</td><td>-</td><td>-</td></tr>"
         }
