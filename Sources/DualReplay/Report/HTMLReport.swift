@@ -145,10 +145,11 @@ public enum HTMLReport {
     }
 
     /// Methods side by side: running BWT, router accuracy, head-vs-tail gap, forgetting per domain.
-    static func comparisonFigures(_ runs: [ReportRun], methods: [String]) -> String {
+    static func comparisonFigures(_ runs: [ReportRun], methods: [String], heading: String = "Side by side",
+                                  note: String = "Mean over orderings after the k-th domain.") -> String {
         guard let steps = runs.map(\.domains.count).max(), steps > 0 else { return "" }
         let xs = (1...steps).map { "\($0)" }
-        var s = "<section id=\"comparison\"><h2>Side by side</h2><p class=\"note\">Mean over orderings after the k-th domain.</p><div class=\"row\">\n"
+        var s = "<section id=\"comparison\"><h2>\(xmlEscaped(heading))</h2><p class=\"note\">\(xmlEscaped(note))</p><div class=\"row\">\n"
         func series(_ value: (ReportRun) -> [Double?]?) -> [ChartSeries] {
             methods.enumerated().compactMap { i, m in
                 let rs = runs.filter { $0.method == m }.compactMap(value)
@@ -404,7 +405,8 @@ public enum HTMLReport {
         for (k, v) in rows { body += "<tr><th>\(xmlEscaped(k))</th><td>\(xmlEscaped(v))</td></tr>" }
         body += "<tr><th>config</th><td><details><summary>config (JSON)</summary><pre>\(xmlEscapedLines(config))</pre></details></td></tr></table></figure>\n"
         body += versions(s, run)
-        body += comparisonFigures([run], methods: [run.method])
+        body += comparisonFigures([run], methods: [run.method], heading: "Metrics after each onboarding",
+                                  note: "After the k-th domain onboarded (version history order).")
         body += "<section class=\"method\" id=\"method-state\"><h2>Sequence of domains</h2>\n" + runFigures(run) + "</section>\n"
         let ipd = mf.domains.isEmpty ? 6 : Double(mf.domains.reduce(0) { $0 + $1.intents.count }) / Double(mf.domains.count)
         let trainable = mf.tensors.filter { $0.name != TensorName.routerPrototypes }.reduce(0) { $0 + $1.count }
