@@ -16,9 +16,20 @@ BIN      = $(shell swift build -c release --show-bin-path)
 
 APT_PKGS := libopenblas-dev liblapacke-dev pkg-config
 
-.PHONY: setup deps model build test bench demo fuzz clean reference-venv bench-reference bench-job
+.PHONY: setup deps model version build test bench demo fuzz clean reference-venv bench-reference bench-job chromium report-check report-screenshot
 
-setup: deps model
+setup: deps model version
+
+# The code version the binary embeds (BuildInfo.codeVersion): `git describe` into an ignored C
+# header, rewritten (and its one includer touched, so SwiftPM recompiles it) only when it changes.
+# Without git, or with plain `swift build`, the binary says "unknown".
+VERSION_HEADER := CKernels/src/dr_build_version.h
+version:
+	@v=$$(git describe --always --dirty 2>/dev/null || echo unknown); \
+	line="#define DR_BUILD_VERSION \"$$v\""; \
+	if [ "$$(cat $(VERSION_HEADER) 2>/dev/null)" != "$$line" ]; then \
+	  echo "$$line" > $(VERSION_HEADER); touch CKernels/src/build_version.c; echo "version: $$v"; \
+	fi
 
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -137,6 +148,41 @@ fuzz: setup
 	  fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: findings in$$failed"; exit 1; fi
+
+# The HTML report in a real browser: Debian's chromium renders, headless, a report of a small real
+# run (two methods x two orderings, diagnostics on) and of a state with three onboarded domains, to
+# a PNG and to its DOM; the check fails when a figure is missing from the rendered DOM, the
+# screenshot is blank, or the browser logs an error or makes a network request. It first checks
+# itself on broken pages (an external image, a missing figure, a blank page, a script error).
+DEBUG     := swift build -Xcc -O2 -Xcc -fno-math-errno
+DEBUG_BIN  = $(shell swift build --show-bin-path)
+CHECK_DIR := build/report-check
+RUN_KINDS   := run-card,summary,r-routed,r-oracle,f1-curves,bwt,forgetting,ledger,head-tail,router-accuracy,router-confusion,drop-attribution,multi-intent,parameter-audit
+STATE_KINDS := run-card,versions,r-routed,r-oracle,f1-curves,forgetting,ledger,head-tail,router-accuracy,router-confusion,parameter-audit
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "report-check: installing chromium"; SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+report-check: setup chromium
+	$(DEBUG) --product dualreplay
+	@rm -rf $(CHECK_DIR) && mkdir -p $(CHECK_DIR)
+	python3 scripts/report-check.py --self-test --out $(CHECK_DIR)/self-test
+	$(DEBUG_BIN)/dualreplay run --config Tests/Fixtures/report-check.json --model $(MODEL_DIR) --out $(CHECK_DIR)/run > $(CHECK_DIR)/run.log 2>&1 \
+	  || { tail -n 20 $(CHECK_DIR)/run.log; exit 1; }
+	python3 scripts/report-check.py $(CHECK_DIR)/run/report.html --out $(CHECK_DIR) --kinds $(RUN_KINDS)
+	$(DEBUG_BIN)/dualreplay onboard --state $(CHECK_DIR)/state --init --config Tests/Fixtures/report-check.json --model $(MODEL_DIR) \
+	  $(foreach d,billing shipping account,--domain Tests/Fixtures/report-domains/$(d).jsonl) > $(CHECK_DIR)/onboard.log 2>&1 \
+	  || { tail -n 20 $(CHECK_DIR)/onboard.log; exit 1; }
+	python3 scripts/report-check.py $(CHECK_DIR)/state/report.html --out $(CHECK_DIR) --kinds $(STATE_KINDS) --screenshot $(CHECK_DIR)/state.png
+
+# docs/report-demo.png: the top of the demo's report (results/demo, made by `make demo` when absent).
+report-screenshot: setup chromium
+	@[ -f results/demo/results.json ] || $(MAKE) demo
+	$(RELEASE) --product dualreplay
+	$(BIN)/dualreplay report results/demo/results.json --out build/report-demo/report.html
+	python3 scripts/report-check.py build/report-demo/report.html --out build/report-demo --screenshot docs/report-demo.png --window 1280,1600
 
 clean:
 	rm -rf .build build

@@ -235,10 +235,23 @@ struct OnboardCommand: ParsableCommand {
             } else {
                 print(Self.render(diff))
             }
+            writeReport(dir)
             if Interrupt.shared.requested {
                 printError("dualreplay: stopped after saving version \(version); rerun with --resume for the remaining domains")
                 throw ExitCode(130)
             }
+        }
+    }
+
+    /// DIR/report.html of the version just saved (`dualreplay report DIR`). The version is saved
+    /// already: a report that cannot be written is a warning, not a failed onboarding.
+    private func writeReport(_ dir: URL) {
+        let url = dir.appendingPathComponent("report.html")
+        do {
+            try AtomicFile.write(Data(HTMLReport.page(state: try StateDirectory.load(dir).snapshot).utf8), to: url)
+            printError("dualreplay: wrote \(url.path)")
+        } catch {
+            printError("dualreplay: warning: the version is saved but \(url.path) was not written: \(error.localizedDescription)")
         }
     }
 

@@ -75,7 +75,7 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     runner.onRunFinished = { p in try AtomicFile.write(try enc.encode(p), to: partialURL) }
     Interrupt.shared.install()
     runner.shouldStop = { Interrupt.shared.requested }
-    let results: ExperimentResults
+    var results: ExperimentResults
     do {
         results = try runner.run()
     } catch RunnerError.interrupted(let d, let step, let total) {
@@ -83,23 +83,14 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
         printError("dualreplay: rerun the same command with --resume to continue with the unfinished runs")
         throw ExitCode(130)
     }
+    results.baseModel = BaseModelShape(encoder.weights)
     try AtomicFile.write(try enc.encode(results), to: dir.appendingPathComponent("results.json"))
     let md = ResultsReport.markdown(results)
     try AtomicFile.write(Data(md.utf8), to: dir.appendingPathComponent("results.md"))
+    try AtomicFile.write(Data(HTMLReport.page(results: results).utf8), to: dir.appendingPathComponent("report.html"))
     print(md)
-    printError("dualreplay: wrote \(dir.path)/results.json and results.md")
+    printError("dualreplay: wrote \(dir.path)/results.json, results.md and report.html")
 }
 
-/// The git commit of the working tree when run from a checkout, else "unknown".
-func codeVersion() -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["git", "describe", "--always", "--dirty"]
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return "unknown" }
-    p.waitUntilExit()
-    let s = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    return p.terminationStatus == 0 && !s.isEmpty ? s : "unknown"
-}
+/// The code version embedded at build time (`BuildInfo.codeVersion`), wherever the run starts.
+func codeVersion() -> String { BuildInfo.codeVersion }

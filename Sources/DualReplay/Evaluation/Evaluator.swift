@@ -20,6 +20,8 @@ public final class Evaluator {
         public var routedF1, oracleF1, routedAccuracy, oracleAccuracy: Double
         /// Examples the router sent to their own domain, out of `count`.
         public var routerCorrect, count: Int
+        /// Examples the router sent to each seen domain (indexed like the model's domains).
+        public var routedTo: [Int] = []
     }
 
     /// One row of the R matrices: every seen domain after the latest one was learned.
@@ -27,6 +29,8 @@ public final class Evaluator {
         public var routedF1: [Double] = [], oracleF1: [Double] = [], routedAccuracy: [Double] = [], oracleAccuracy: [Double] = []
         /// Router accuracy over all the row's examples (nil without a router).
         public var routerAccuracy: Double?
+        /// [true domain][chosen domain] counts of the row's examples (nil without a router).
+        public var routerConfusion: [[Int]]?
     }
 
     /// Global class ids of examples of domain `j` (their intents must be the domain's).
@@ -57,6 +61,7 @@ public final class Evaluator {
     public func score(domain j: Int, examples: [IntentExample]) -> DomainScore {
         let r = model.domains[j].classRange
         var oraclePred: [Int32] = [], routedPred: [Int32] = [], routerCorrect = 0
+        var routedTo = [Int](repeating: 0, count: model.domains.count)
         for part in tokens.ids(examples.map(\.text)).chunks() {
             let seqs = Array(part)
             let (logits, classes) = oracle(seqs, domain: j)
@@ -64,22 +69,24 @@ public final class Evaluator {
             let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
             routedPred += routed.classes.map(Int32.init)
             routerCorrect += routed.domains.filter { $0 == j }.count
+            for d in routed.domains { routedTo[d] += 1 }
         }
         let y = labels(examples, domain: j), classes = r.map(Int32.init)
         return DomainScore(routedF1: macroF1(predictions: routedPred, labels: y, classes: classes),
                            oracleF1: macroF1(predictions: oraclePred, labels: y, classes: classes),
                            routedAccuracy: accuracy(predictions: routedPred, labels: y),
                            oracleAccuracy: accuracy(predictions: oraclePred, labels: y),
-                           routerCorrect: routerCorrect, count: examples.count)
+                           routerCorrect: routerCorrect, count: examples.count, routedTo: routedTo)
     }
 
     /// The R-matrix row of every seen domain; `examples[j]` are domain j's evaluation rows.
     public func row(_ examples: [[IntentExample]]) -> Row {
         precondition(examples.count <= model.domains.count, "row: \(examples.count) domains, the model knows \(model.domains.count)")
         var row = Row()
-        var correct = 0, total = 0
+        var correct = 0, total = 0, confusion: [[Int]] = []
         for (j, rows) in examples.enumerated() {
             let e = score(domain: j, examples: rows)
+            confusion.append(e.routedTo)
             row.routedF1.append(e.routedF1)
             row.oracleF1.append(e.oracleF1)
             row.routedAccuracy.append(e.routedAccuracy)
@@ -87,7 +94,10 @@ public final class Evaluator {
             correct += e.routerCorrect
             total += e.count
         }
-        if predictor.router != nil { row.routerAccuracy = Double(correct) / Double(max(total, 1)) }
+        if predictor.router != nil {
+            row.routerAccuracy = Double(correct) / Double(max(total, 1))
+            row.routerConfusion = confusion
+        }
         return row
     }
 

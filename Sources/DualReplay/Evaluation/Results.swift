@@ -35,6 +35,13 @@ public struct RunResult: Codable, Sendable {
     public var multiIntent: [MultiIntentScore]?
     /// Wall seconds by phase (sequential runs; nil in results written before they were recorded).
     public var timing: PhaseTimes?
+    /// The router's choices after the last domain: [true domain][chosen domain] counts of the eval
+    /// examples, indexed like `domains` (nil: no router, or results written before it was recorded).
+    public var routerConfusion: [[Int]]?
+    /// Training examples and intents of each domain, indexed like `domains` (the head-vs-tail
+    /// gap's split; the parameter audit's heads).
+    public var trainExamples: [Int]?
+    public var intentCounts: [Int]?
 }
 
 /// The runs an experiment has finished so far (`<out>/partial.json`): `run --resume` skips them.
@@ -91,8 +98,25 @@ public struct ExperimentResults: Codable, Sendable {
     /// Each Dual-Replay method against each baseline, paired by ordering (`PairedComparison`).
     public var comparisons: [PairedComparison]?
     public var createdAt: String
+    /// The base encoder's shape (the report's parameter audit); nil in results written before it.
+    public var baseModel: BaseModelShape?
 
     enum CodingKeys: String, CodingKey {
-        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt
+        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt, baseModel
     }
+}
+
+/// Layers, width and weight count of a base encoder.
+public struct BaseModelShape: Codable, Equatable, Sendable {
+    public var layers: Int
+    public var hidden: Int
+    public var parameters: Int
+
+    public init(layers: Int, hidden: Int, parameters: Int) {
+        self.layers = layers
+        self.hidden = hidden
+        self.parameters = parameters
+    }
+
+    public init(_ w: BertWeights) { self.init(layers: w.config.layers, hidden: w.config.hidden, parameters: w.parameterCount) }
 }

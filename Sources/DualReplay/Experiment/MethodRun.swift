@@ -35,7 +35,7 @@ struct MethodRun {
         let m = st.model, evaluator = Evaluator(predictor: trainer.predictor(st), tokens: trainer.tokens)
         let K = order.count
         var routed = EvalMatrix(domains: order.domainNames), oracle = routed, racc = routed, oacc = routed
-        var valF1: [[Double]] = [], routerAcc: [Double] = []
+        var valF1: [[Double]] = [], routerAcc: [Double] = [], routerConfusion: [[Int]]? = nil
         var trainTime = 0.0, evalTime = 0.0, trained = 0, paramsPerDomain = 0
         let diagnose = config.diagnostics ?? ConfigDefaults.diagnostics
         var probeAtLearning: [Double] = []
@@ -57,6 +57,7 @@ struct MethodRun {
                 oacc[afterTraining: k, domain: j] = row.oracleAccuracy[j]
             }
             if let a = row.routerAccuracy { routerAcc.append(a) }
+            routerConfusion = row.routerConfusion
             if diagnose { probeAtLearning.append(probeF1(evaluator, domain: k)) }
             evalTime += Date().timeIntervalSince(t1)
             times.evaluation += Date().timeIntervalSince(t1)
@@ -67,7 +68,9 @@ struct MethodRun {
                                routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: st.router == nil ? nil : routerAcc,
                                validationF1: valF1, ledger: st.buffer?.ledger, bufferBytesUsed: st.buffer?.bytesUsed,
                                trainableParameters: m.store.count - m.prototypeFloats, parametersPerNewDomain: paramsPerDomain,
-                               trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9))
+                               trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9),
+                               routerConfusion: routerConfusion, trainExamples: order.domains.map { $0.train.count },
+                               intentCounts: order.domains.map { $0.intents.count })
         if diagnose {
             let t2 = Date(), last = K - 1
             result.probes = (0..<last).map { j in

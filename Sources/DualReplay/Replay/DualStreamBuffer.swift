@@ -408,7 +408,7 @@ public final class DualStreamBuffer: ReplayBuffer {
                 domain: slot.domain, items: slot.items.count, bytes: slot.bytes,
                 labels: Set(slot.items.map(\.label)).count, quota: slot.quota,
                 importanceWeight: slot.importanceWeight, samplingWeight: slot.samplingWeight,
-                forgetting: slot.forgettingEMA, lastForgetting: slot.lastForgetting)
+                forgetting: slot.forgettingEMA, lastForgetting: slot.lastForgetting, floor: floor(of: slot))
         }
         ledger.append(ReplayLedger.Entry(
             step: ledger.entries.count, newDomain: newDomain, byteBudget: config.byteBudget,

@@ -121,6 +121,8 @@ public struct ReplayLedger: Codable, Equatable, Sendable {
         public var forgetting: Double?
         /// Dual-stream only: the last raw forgetting value passed in.
         public var lastForgetting: Double?
+        /// Dual-stream only: the quota floor, max(floorBytes, largest item of the domain).
+        public var floor: Int?
     }
 
     public struct Entry: Codable, Equatable, Sendable {

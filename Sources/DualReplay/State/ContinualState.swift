@@ -291,10 +291,12 @@ public final class ContinualState {
         let row = MetricsRow(version: manifest.version + 1, domainAdded: domain.name, domains: seen.map(\.name), routedF1: eval.routedF1,
                              oracleF1: eval.oracleF1, routedAccuracy: eval.routedAccuracy, oracleAccuracy: eval.oracleAccuracy,
                              validationF1: step.validationF1, routerAccuracy: eval.routerAccuracy,
-                             createdAt: ISO8601DateFormatter().string(from: Date()))
+                             createdAt: ISO8601DateFormatter().string(from: Date()), routerConfusion: eval.routerConfusion)
         metrics.append(row)
         generalTexts = []
-        return diff(previous: previous, fromVersion: fromVersion)
+        let d = diff(previous: previous, fromVersion: fromVersion)
+        metrics[metrics.count - 1].redLines = d.redLines
+        return d
     }
 
     /// The routed F1 matrix of the history (row i: after the i-th domain).
@@ -335,18 +337,9 @@ public final class ContinualState {
             for i in prevNames.indices { for j in prevNames.indices { pm[afterTraining: i, domain: j] = matrix[afterTraining: i, domain: j] } }
             bwtBefore = pm.backwardTransfer
         }
-        if bwt < -0.05 { redLines.append(String(format: "backward transfer %.1f points is below -5", 100 * bwt)) }
-        var gap: Double? = nil
-        let bySize = manifest.domains.indices.sorted { manifest.domains[$0].trainExamples > manifest.domains[$1].trainExamples }
-        let half = bySize.count / 2
-        if half > 0 {
-            let head = bySize.prefix(half), tail = bySize.suffix(half)
-            if manifest.domains[head.last!].trainExamples > manifest.domains[tail.first!].trainExamples {
-                let mean = { (ix: ArraySlice<Int>) in ix.reduce(0.0) { $0 + row.routedF1[$1] } / Double(ix.count) }
-                gap = mean(head) - mean(tail)
-                if gap! > 0.05 { redLines.append(String(format: "head-vs-tail F1 gap %.1f points is above 5", 100 * gap!)) }
-            }
-        }
+        if bwt < RedLines.backwardTransferLimit { redLines.append(String(format: "backward transfer %.1f points is below -5", 100 * bwt)) }
+        let gap = RedLines.headTailGap(f1: row.routedF1, trainExamples: manifest.domains.map(\.trainExamples))
+        if let gap, gap > RedLines.headTailGapLimit { redLines.append(String(format: "head-vs-tail F1 gap %.1f points is above 5", 100 * gap)) }
         return StateDiff(fromVersion: fromVersion, toVersion: manifest.version + 1, domainAdded: row.domainAdded, domains: changes,
                          backwardTransferBefore: bwtBefore, backwardTransfer: bwt,
                          routerAccuracyBefore: previous?.routerAccuracy, routerAccuracy: row.routerAccuracy, headTailGap: gap,

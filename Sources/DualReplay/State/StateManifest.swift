@@ -44,6 +44,11 @@ public struct MetricsRow: Codable, Equatable, Sendable {
     public var validationF1: [Double]
     public var routerAccuracy: Double?
     public var createdAt: String
+    /// [true domain][chosen domain] counts of the router on the eval rows (nil: no router, or
+    /// written before it was recorded).
+    public var routerConfusion: [[Int]]?
+    /// The red lines this version raised (`StateDiff.redLines`; nil: written before they were kept).
+    public var redLines: [String]?
 }
 
 public struct StateManifest: Codable, Equatable, Sendable {
