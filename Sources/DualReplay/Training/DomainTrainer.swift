@@ -83,6 +83,9 @@ public final class DomainTrainer {
         public var trained: Int
         /// Parameters the domain added (router outputs aside).
         public var parametersAdded: Int
+        /// Earlier domains classed as alignment drift whose gate and head were refitted
+        /// (`heads.driftRefitSteps`), kept or not.
+        public var gateRefits: [GateRefit.Outcome] = []
     }
 
     /// Adds domain `d` as the learner's next domain and trains it. `validation[j]` are the
@@ -101,21 +104,26 @@ public final class DomainTrainer {
         let trained = try loop.run(m, s, optimizer: training.optimizer, examples: rows, policies: policies,
                                    replay: { tb, n, rng in self.drawReplay(st, into: &tb, count: n, newDomain: k, rng: &rng) },
                                    rng: &rng, label: "\(s.name) \(label)")
-        // validation F1 of every seen domain: the forgetting signal
-        let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
-        let vrow = validation.enumerated().map { j, rows in oracle.oracleF1(domain: j, examples: rows) }
+        // validation score of every seen domain: the forgetting signal (`validationScores`)
+        let vrow = validationScores(st, validation: validation)
         var bestVal = st.bestValidationF1 + [0]
         var forgetting: [Int32: Float] = [:]
         for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
-        for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
+        // a new one-intent domain's oracle F1 is trivially 1: its reference starts with its
+        // first routed recall, at the next domain
+        for j in 0...k where j < k || d.intents.count > 1 { bestVal[j] = max(bestVal[j], vrow[j]) }
         try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng)
         if s.realignHeadSteps > 0, k > 0 {
             for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) }
         }
+        var refits: [GateRefit.Outcome] = []
+        if let steps = s.driftRefitSteps, steps > 0, k > 0 {
+            refits = refitDriftingGates(st, validation: validation, headF1AtLearning: bestVal, headF1Now: vrow, before: k)
+        }
         if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng) }
         st.rng = rng
         st.bestValidationF1 = bestVal
-        return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded)
+        return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded, gateRefits: refits)
     }
 
     /// Tops a batch of domain `k` up with `n` replayed rows: the reservoir's, or the dual stream's
