@@ -105,13 +105,12 @@ public final class DomainTrainer {
                                    replay: { tb, n, rng in self.drawReplay(st, into: &tb, count: n, newDomain: k, rng: &rng) },
                                    rng: &rng, label: "\(s.name) \(label)")
         // validation score of every seen domain: the forgetting signal (`validationScores`)
-        let vrow = validationScores(st, validation: validation)
+        let (vrow, isReference) = validationScores(st, validation: validation)
         var bestVal = st.bestValidationF1 + [0]
         var forgetting: [Int32: Float] = [:]
         for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
-        // a new one-intent domain's oracle F1 is trivially 1: its reference starts with its
-        // first routed recall, at the next domain
-        for j in 0...k where j < k || d.intents.count > 1 { bestVal[j] = max(bestVal[j], vrow[j]) }
+        // a one-intent domain's reference starts with its first routed recall that is not trivial
+        for j in 0...k where isReference[j] { bestVal[j] = max(bestVal[j], vrow[j]) }
         try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng)
         if s.realignHeadSteps > 0, k > 0 {
             for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) }

@@ -2,7 +2,8 @@ import Foundation
 
 extension DomainTrainer {
     /// The per-domain validation score behind the forgetting signal, after domain `k` (the newest,
-    /// `validation.count == k + 1`) has trained and before the router is retrained for it.
+    /// `validation.count == k + 1`) has trained and before the router is retrained for it, and
+    /// whether each score can serve as the domain's reference (its best score so far).
     ///
     /// A domain with two or more intents scores its oracle macro-F1 (its own gate and head).
     /// A domain with ONE intent cannot be scored that way: its one-output head predicts that
@@ -11,16 +12,27 @@ extension DomainTrainer {
     /// recall: the share of its validation rows that routed prediction sends to it. With a router
     /// that is the router as it stands (trained through domain k − 1; the newest domain's
     /// output is not trained yet and is left out of the argmax); without one it is the argmax over
-    /// every seen class under the newest gate, as routed evaluation does. The newest domain, if it
-    /// has one intent, scores its (trivial) oracle F1; `learn` does not take that as its reference.
-    func validationScores(_ st: LearnerState, validation: [[IntentExample]]) -> [Double] {
+    /// every seen class under the newest gate, as routed evaluation does. Not a reference: the
+    /// newest domain's score when it has one intent (its trivial oracle F1), and a routed recall
+    /// while the router knows a single domain (trivially 1).
+    func validationScores(_ st: LearnerState, validation: [[IntentExample]]) -> (scores: [Double], reference: [Bool]) {
         let m = st.model, k = m.domains.count - 1
         precondition(validation.count == k + 1, "validationScores: rows for \(validation.count) domains, expected \(k + 1)")
         let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
-        return validation.enumerated().map { j, rows in
-            guard j < k, m.domains[j].intents.count == 1 else { return oracle.oracleF1(domain: j, examples: rows) }
-            return routedRecall(st, domain: j, rows: rows, among: k)
+        var scores: [Double] = [], reference: [Bool] = []
+        for (j, rows) in validation.enumerated() {
+            if m.domains[j].intents.count > 1 {
+                scores.append(oracle.oracleF1(domain: j, examples: rows))
+                reference.append(true)
+            } else if j == k {
+                scores.append(oracle.oracleF1(domain: j, examples: rows))
+                reference.append(false)
+            } else {
+                scores.append(routedRecall(st, domain: j, rows: rows, among: k))
+                reference.append(st.router == nil || k > 1)
+            }
         }
+        return (scores, reference)
     }
 
     /// Share of `rows` (of domain `j`) that routing sends to domain j, choosing among the first
