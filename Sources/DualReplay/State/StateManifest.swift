@@ -44,6 +44,9 @@ public struct MetricsRow: Codable, Equatable, Sendable {
     public var validationF1: [Double]
     public var routerAccuracy: Double?
     public var createdAt: String
+    /// Domains whose gate row and head `remediate` replaced in this version (its row then
+    /// replaces the one of the same last domain; nil for an onboarding).
+    public var remediated: [String]? = nil
 }
 
 public struct StateManifest: Codable, Equatable, Sendable {
