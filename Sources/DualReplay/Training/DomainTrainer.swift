@@ -118,6 +118,10 @@ public final class DomainTrainer {
         var refits: [GateRefit.Outcome] = []
         if let steps = s.driftRefitSteps, steps > 0, k > 0 {
             refits = refitDriftingGates(st, validation: validation, headF1AtLearning: bestVal, headF1Now: vrow, before: k)
+            for r in refits {
+                progress("  alignment drift in '\(r.domain)': gate refit \(r.kept ? "kept" : "rejected") (val F1 "
+                         + String(format: "%.1f -> %.1f)", 100 * r.validationF1Before, 100 * r.validationF1Candidate))
+            }
         }
         if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng) }
         st.rng = rng
