@@ -149,6 +149,15 @@ import Glibc
         let changed = Set(v4.model.store.withArrays { v, _, _ in v.indices.filter { v[$0].bitPattern != v3.values[$0].bitPattern } })
         #expect(!changed.isEmpty && changed.isSubset(of: Self.allowed(v4.model, domain: 0)))
         #expect(v4.model.store.withArrays { _, m1, m2 in m1 == v3.moment1 && m2 == v3.moment2 })
+        // the buffer: domain a's stored logits are the new head's (distillation targets), nothing
+        // else in it changed (items, other domains, bytes)
+        let bufBefore = try ContinualState.restore(v3, encoder: enc).learner.dual!, bufAfter = v4.learner.dual!
+        #expect(bufAfter.items(of: 1) == bufBefore.items(of: 1) && bufAfter.bytesUsed == bufBefore.bytesUsed)
+        #expect(bufAfter.generalItems == bufBefore.generalItems)
+        let aBefore = bufBefore.items(of: 0), aAfter = bufAfter.items(of: 0)
+        #expect(aAfter.map(\.tokenIds) == aBefore.map(\.tokenIds) && aAfter.map(\.label) == aBefore.map(\.label))
+        #expect(aAfter.allSatisfy { $0.logits != nil } && aAfter.map(\.logits) != aBefore.map(\.logits))
+        #expect(aAfter.map { $0.logits! } == v4.model.domainLogits(aAfter.map(\.tokenIds), domain: 0))
         // the last metrics row is the re-evaluated one, marked; earlier rows are untouched
         #expect(v4.metrics.count == 2 && v4.metrics[1].remediated == ["a"] && v4.metrics[1].routedF1[0] == a.routedF1After)
         #expect(v4.metrics[0] == v3.metrics[0])

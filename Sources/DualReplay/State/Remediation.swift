@@ -64,7 +64,10 @@ extension ContinualState {
                     let r = try trainer.refitGate(m, domain: j, items: st.bufferedItems(of: j), validation: val, config: cfg)
                     e.refit = GateRefit.Outcome(domain: d.name, diagnosis: diagnosis, examples: r.examples, validationF1Before: r.before,
                                                 validationF1Candidate: r.candidate, kept: r.kept)
-                    if r.kept, j < best.count { best[j] = max(best[j], r.candidate) }
+                    if r.kept {
+                        trainer.refreshStoredLogits(st, domain: j)
+                        if j < best.count { best[j] = max(best[j], r.candidate) }
+                    }
                 }
             }
             entries.append(e)

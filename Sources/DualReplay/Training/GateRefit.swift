@@ -156,6 +156,15 @@ extension DomainTrainer {
         }
     }
 
+    /// After a kept refit of domain `j`: its buffered items' stored logits (logit replay) become
+    /// those of the new gate and head, so later distillation does not pull it back to the old one.
+    public func refreshStoredLogits(_ st: LearnerState, domain j: Int) {
+        guard let dual = st.dual else { return }
+        let items = dual.items(of: Int32(j))
+        guard items.contains(where: { $0.logits != nil }) else { return }
+        dual.replaceLogits(of: Int32(j), with: st.model.domainLogits(items.map(\.tokenIds), domain: j))
+    }
+
     /// Diagnoses domain `j` and, if it is alignment drift, refits its gate (nil: not drifting).
     public func refitIfDrifting(_ st: LearnerState, domain j: Int, validation: [IntentExample], headF1AtLearning: Double,
                                 headF1Now: Double, steps: Int) throws -> GateRefit.Outcome? {
@@ -166,6 +175,7 @@ extension DomainTrainer {
         let cfg = GateRefit.Config(steps: steps, learningRate: settings.driftRefitLearningRate ?? settings.learningRate,
                                    batchSize: settings.batchSize, seed: FNV1a.of(d.name) &+ UInt64(m.domains.count) &* 0x9E37)
         let r = try refitGate(m, domain: j, items: st.bufferedItems(of: j), validation: validation, config: cfg)
+        if r.kept { refreshStoredLogits(st, domain: j) }
         return GateRefit.Outcome(domain: d.name, diagnosis: diagnosis, examples: r.examples, validationF1Before: r.before,
                                  validationF1Candidate: r.candidate, kept: r.kept)
     }
