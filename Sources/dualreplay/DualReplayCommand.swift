@@ -8,7 +8,7 @@ struct DualReplayCommand: ParsableCommand {
         commandName: "dualreplay",
         abstract: "Continual fine-tuning of a frozen BERT encoder with a domain-gated adapter and dual-stream replay.",
         subcommands: [RunCommand.self, DemoCommand.self, EmbedCommand.self, OnboardCommand.self, PredictCommand.self, ExportCommand.self,
-                      StateCommand.self, RollbackCommand.self, ReportCommand.self]
+                      StateCommand.self, RollbackCommand.self, ReportCommand.self, RemediateCommand.self]
     )
 }
 

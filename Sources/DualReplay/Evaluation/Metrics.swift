@@ -132,6 +132,33 @@ public struct EvalMatrix: Codable, Equatable, Sendable {
         intransigence(joint: domains.map { jointByDomain[$0] ?? .nan })
     }
 
+    // MARK: over a subset of domains
+
+    /// `averageF1` over the domains whose indices are in `subset` (e.g. those with more than one
+    /// intent): the mean of R[T−1][j] for j in the subset. NaN when the subset is empty.
+    public func averageF1(over subset: Set<Int>) -> Double {
+        guard count > 0 else { return .nan }
+        return EvalMatrix.mean(subset.sorted().filter { $0 < count }.map { f1[count - 1][$0] })
+    }
+
+    /// `backwardTransfer` over the subset: the mean of R[T−1][j] − R[j][j] for j in the subset,
+    /// j < T − 1 (the last domain, in the subset or not, is not an earlier one). NaN when no
+    /// domain of the subset came before the last; 0 when T < 2, as `backwardTransfer`.
+    public func backwardTransfer(over subset: Set<Int>) -> Double {
+        guard count > 1 else { return 0 }
+        let t = count - 1
+        return EvalMatrix.mean(subset.sorted().filter { $0 < t }.map { f1[t][$0] - f1[$0][$0] })
+    }
+
+    /// `forgetting` over the subset (j in the subset, j < T − 1); NaN as `backwardTransfer(over:)`.
+    public func forgetting(over subset: Set<Int>) -> Double {
+        guard count > 1 else { return 0 }
+        let t = count - 1
+        return EvalMatrix.mean(subset.sorted().filter { $0 < t }.map { j in
+            ((j..<t).map { f1[$0][j] }.filter { !$0.isNaN }.max() ?? .nan) - f1[t][j]
+        })
+    }
+
     /// Mean of the finite values; NaN if there are none.
     static func mean(_ values: [Double]) -> Double {
         let finite = values.filter { !$0.isNaN }
@@ -197,6 +224,16 @@ public struct EvalSummary: Codable, Equatable, Sendable {
     public var forwardTransfer: MeanStd?
     /// Present when joint-training references were given.
     public var intransigence: MeanStd?
+
+    /// Aggregates matrices over a subset of each one's domains (`subsets[i]` indexes matrix i's
+    /// domains: orderings differ): average F1, BWT and forgetting; no FWT or intransigence.
+    public static func aggregate(_ matrices: [EvalMatrix], subsets: [Set<Int>]) -> EvalSummary {
+        precondition(matrices.count == subsets.count, "aggregate: \(subsets.count) subsets for \(matrices.count) matrices")
+        let pairs = Array(zip(matrices, subsets))
+        return EvalSummary(runs: matrices.count, averageF1: MeanStd(pairs.map { $0.averageF1(over: $1) }),
+                           backwardTransfer: MeanStd(pairs.map { $0.backwardTransfer(over: $1) }),
+                           forgetting: MeanStd(pairs.map { $0.forgetting(over: $1) }), forwardTransfer: nil, intransigence: nil)
+    }
 
     /// Aggregates matrices; `single` and `joint` are per domain name, so orderings may differ.
     public static func aggregate(_ matrices: [EvalMatrix], single: [String: Double]? = nil,

@@ -21,6 +21,7 @@ public enum ResultsReport {
             let mean = j.values.reduce(0, +) / Double(j.count)
             s += "| joint (reference, oracle) | \(String(format: "%.1f", 100 * mean)) | - | - | - | \(String(format: "%.1f", 100 * mean)) | - | - | - | - | - |\n"
         }
+        s += multiIntentDomains(r)
         let p = r.experimentProtocol
         s += "\nDomains: \(p.domainNames.count); orderings: \(p.config.resolvedOrderingSeeds.count); byte budget: \(p.byteBudget) B; "
         s += "eval split: \((p.config.evalSplit ?? ConfigDefaults.evalSplit).rawValue); protocol \(p.hash); code \(p.codeVersion).\n"
@@ -29,8 +30,30 @@ public enum ResultsReport {
             guard let floats = r.runs.first(where: { $0.method == m.method })?.prototypeFloats else { continue }
             s += "\(m.method): the router's intent prototypes hold \(floats) floats after the last domain (not trained, not counted above).\n"
         }
+        for m in r.summaries {
+            let refits = r.runs.filter { $0.method == m.method }.flatMap { ($0.gateRefits ?? []).joined() }
+            guard r.runs.contains(where: { $0.method == m.method && $0.gateRefits != nil }) else { continue }
+            s += "\(m.method): alignment-drift gate refits: \(refits.count) flagged, \(refits.filter(\.kept).count) kept (validation F1 improved).\n"
+        }
         s += comparisons(r)
         s += diagnostics(r)
+        return s
+    }
+
+    /// The headline figures over all domains next to those over the domains with more than one
+    /// intent (`MethodSummary.multiIntentDomains`); empty when no method has that subset.
+    static func multiIntentDomains(_ r: ExperimentResults) -> String {
+        let rows = r.summaries.compactMap { m in m.multiIntentDomains.map { (m, $0) } }
+        guard let first = rows.first else { return "" }
+        var s = "\nAll domains vs. the \(first.1.domains.count) of \(r.experimentProtocol.domainNames.count) domains with more than one intent "
+        s += "(a one-intent domain's oracle F1 is 100 by construction and its routed F1 measures routing alone):\n\n"
+        s += "| Method | Avg F1 all | Avg F1 >1 intent | BWT all | BWT >1 intent | oracle F1 all | oracle F1 >1 intent | oracle BWT all | oracle BWT >1 intent |\n"
+        s += "|---|---|---|---|---|---|---|---|---|\n"
+        for (m, sub) in rows {
+            s += "| \(m.method) | \(pts(m.routed.averageF1)) | \(pts(sub.routed.averageF1)) | \(pts(m.routed.backwardTransfer)) | "
+            s += "\(pts(sub.routed.backwardTransfer)) | \(pts(m.oracle.averageF1)) | \(pts(sub.oracle.averageF1)) | "
+            s += "\(pts(m.oracle.backwardTransfer)) | \(pts(sub.oracle.backwardTransfer)) |\n"
+        }
         return s
     }
 

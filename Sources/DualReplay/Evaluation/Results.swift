@@ -42,6 +42,23 @@ public struct RunResult: Codable, Sendable {
     /// gap's split; the parameter audit's heads).
     public var trainExamples: [Int]?
     public var intentCounts: [Int]?
+    /// Alignment-drift refits (`heads.driftRefitSteps`) after each domain: the domains flagged, kept or not.
+    public var gateRefits: [[GateRefit.Outcome]]?
+
+    /// Indices of the domains with more than one intent (nil without `intentCounts`).
+    public var multiIntentDomainIndices: Set<Int>? {
+        intentCounts.map { counts in Set(counts.indices.filter { counts[$0] > 1 }) }
+    }
+}
+
+/// A method's summary over the domains with more than one intent: reported next to the one over
+/// all domains when some domain has a single intent (whose oracle F1 is trivially 1 and whose
+/// routed F1 measures routing alone; docs/METRICS.md).
+public struct SubsetSummary: Codable, Sendable {
+    /// The domains of the subset (by name; the same in every ordering).
+    public var domains: [String]
+    public var routed: EvalSummary
+    public var oracle: EvalSummary
 }
 
 /// The runs an experiment has finished so far (`<out>/partial.json`): `run --resume` skips them.
@@ -71,6 +88,8 @@ public struct MethodSummary: Codable, Sendable {
     public var latencyP99ms: Double?
     public var trainSeconds: MeanStd
     public var evalSeconds: MeanStd
+    /// The same figures over the domains with more than one intent, when some domain has one.
+    public var multiIntentDomains: SubsetSummary?
 }
 
 public struct ExperimentProtocol: Codable, Sendable {
@@ -119,4 +138,21 @@ public struct BaseModelShape: Codable, Equatable, Sendable {
     }
 
     public init(_ w: BertWeights) { self.init(layers: w.config.layers, hidden: w.config.hidden, parameters: w.parameterCount) }
+}
+
+extension SubsetSummary {
+    /// The summary of `runs` (one method's orderings) over their domains with more than one
+    /// intent; nil when a run lacks intent counts or the subset is empty or every domain.
+    public static func multiIntentDomains(_ runs: [RunResult]) -> SubsetSummary? {
+        guard !runs.isEmpty else { return nil }
+        var subsets: [Set<Int>] = []
+        for r in runs {
+            guard let s = r.multiIntentDomainIndices else { return nil }
+            subsets.append(s)
+        }
+        guard let first = subsets.first, !first.isEmpty, first.count < runs[0].domains.count else { return nil }
+        return SubsetSummary(domains: first.sorted().map { runs[0].domains[$0] },
+                             routed: .aggregate(runs.map(\.routed), subsets: subsets),
+                             oracle: .aggregate(runs.map(\.oracle), subsets: subsets))
+    }
 }

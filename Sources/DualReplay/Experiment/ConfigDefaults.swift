@@ -42,6 +42,9 @@ public enum ConfigDefaults {
     // MARK: method: heads
     public static let freezeOldHeads = false
     public static let realignSteps = 0
+    public static let driftRefitSteps = 0
+    /// `dualreplay remediate` on a state whose method has the remedy off.
+    public static let remediateSteps = 100
     // realignLearningRate: the method's learning rate
     // MARK: method: router
     public static let routerBalanced = true
@@ -87,6 +90,7 @@ public enum ConfigBounds {
     public static let loraRank = 1...1024
     public static let loraAlpha: ClosedRange<Float> = 0...4096           // > 0
     public static let realignSteps = 0...100_000
+    public static let driftRefitSteps = 0...100_000
     public static let rescoreTopK = 1...1000
     public static let prototypeTemperature: ClosedRange<Float> = 0...100 // > 0
     public static let prototypeWeight: ClosedRange<Float> = 0...100

@@ -140,5 +140,6 @@ extension MethodSummary {
                   parametersPerNewDomain: rs.first?.parametersPerNewDomain ?? 0,
                   latencyP99ms: rs.compactMap(\.latencyP99ms).max(),
                   trainSeconds: MeanStd(rs.map(\.trainSeconds)), evalSeconds: MeanStd(rs.map(\.evalSeconds)))
+        multiIntentDomains = SubsetSummary.multiIntentDomains(rs)
     }
 }

@@ -96,6 +96,13 @@ public struct MethodConfig: Codable, Equatable, Sendable {
         public var realignSteps: Int?
         /// Adam learning rate of head realignment (absent = the method's learning rate).
         public var realignLearningRate: Float?
+        /// The alignment-drift remedy: after each domain, every earlier domain that the linear-probe
+        /// check classes as alignment drift gets a fresh gate row and head trained for this many
+        /// Adam steps on its buffered examples (shared adapter frozen), kept only if its
+        /// validation F1 improves. 0 = off.
+        public var driftRefitSteps: Int?
+        /// Adam learning rate of the drift refit (absent = the method's learning rate).
+        public var driftRefitLearningRate: Float?
         public init() {}
     }
 
@@ -237,12 +244,14 @@ extension MethodConfig.Adapter {
 }
 
 extension MethodConfig.Heads {
-    enum CodingKeys: String, CodingKey, CaseIterable { case freezeOld, realignSteps, realignLearningRate }
+    enum CodingKeys: String, CodingKey, CaseIterable { case freezeOld, realignSteps, realignLearningRate, driftRefitSteps, driftRefitLearningRate }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
         freezeOld = try c.decodeIfPresent(Bool.self, forKey: .freezeOld)
         realignSteps = try c.decodeIfPresent(Int.self, forKey: .realignSteps)
         realignLearningRate = try c.decodeIfPresent(Float.self, forKey: .realignLearningRate)
+        driftRefitSteps = try c.decodeIfPresent(Int.self, forKey: .driftRefitSteps)
+        driftRefitLearningRate = try c.decodeIfPresent(Float.self, forKey: .driftRefitLearningRate)
     }
 }
 

@@ -40,11 +40,13 @@ struct MethodRun {
         let diagnose = config.diagnostics ?? ConfigDefaults.diagnostics
         var probeAtLearning: [Double] = []
         var times = PhaseTimes()
+        var refits: [[GateRefit.Outcome]] = []
         for (k, d) in order.domains.enumerated() {
             let t0 = Date()
             let step = try trainer.learn(st, domain: d, validation: Array(valRows[0...k]), label: "\(k + 1)/\(K)")
             valF1.append(step.validationF1)
             times = times + step.times
+            refits.append(step.gateRefits)
             trained += step.trained
             paramsPerDomain = step.parametersAdded
             let t1 = Date()
@@ -71,6 +73,7 @@ struct MethodRun {
                                trainSeconds: trainTime, evalSeconds: evalTime, trainExamplesPerSecond: Double(trained) / max(trainTime, 1e-9),
                                routerConfusion: routerConfusion, trainExamples: order.domains.map { $0.train.count },
                                intentCounts: order.domains.map { $0.intents.count })
+        if s.driftRefitSteps != nil { result.gateRefits = refits }
         if diagnose {
             let t2 = Date(), last = K - 1
             result.probes = (0..<last).map { j in
@@ -156,7 +159,8 @@ struct MethodRun {
         return RunResult(method: s.name, kind: s.kind, orderingSeed: seed, domains: order.domainNames, routed: routed, oracle: oracle,
                          routedAccuracy: racc, oracleAccuracy: oacc, routerAccuracy: nil, validationF1: [], ledger: nil, bufferBytesUsed: nil,
                          trainableParameters: m.store.count - m.prototypeFloats, parametersPerNewDomain: 0, trainSeconds: trainTime,
-                         evalSeconds: Date().timeIntervalSince(t1), trainExamplesPerSecond: Double(n) / max(trainTime, 1e-9))
+                         evalSeconds: Date().timeIntervalSince(t1), trainExamplesPerSecond: Double(n) / max(trainTime, 1e-9),
+                         intentCounts: order.domains.map(\.classCount))
     }
 
     /// Each domain alone from a fresh model: oracle F1 per domain (FWT's reference).

@@ -32,6 +32,11 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     /// Router head rescoring: candidates in all (1 = off), below this router confidence.
     public var routerRescoreTopK: Int
     public var routerRescoreThreshold: Float
+    /// Alignment-drift remedy after each domain (`GateRefit`): Adam steps of a fresh gate row and
+    /// head for each earlier domain the drift check flags (nil or 0 = off), at this learning rate
+    /// (nil = the method's). Optional so that states saved before the remedy existed still load.
+    public var driftRefitSteps: Int?
+    public var driftRefitLearningRate: Float?
 
     public static func resolve(_ m: MethodConfig, training t: TrainingDefaults) throws -> MethodSettings {
         typealias D = ConfigDefaults
@@ -78,7 +83,9 @@ public struct MethodSettings: Codable, Equatable, Sendable {
             sharedLRScale: m.adapter.sharedLearningRateScale ?? D.sharedLearningRateScale,
             realignHeadSteps: m.heads.realignSteps ?? D.realignSteps, realignLearningRate: m.heads.realignLearningRate ?? lr,
             routerRescoreTopK: m.router.rescore.topK ?? D.rescoreTopK,
-            routerRescoreThreshold: m.router.rescore.threshold ?? D.rescoreThreshold)
+            routerRescoreThreshold: m.router.rescore.threshold ?? D.rescoreThreshold,
+            driftRefitSteps: (m.heads.driftRefitSteps ?? D.driftRefitSteps) > 0 ? (m.heads.driftRefitSteps ?? D.driftRefitSteps) : nil,
+            driftRefitLearningRate: m.heads.driftRefitLearningRate)
         try s.validate(layers: m.adapter.layers)
         return s
     }
@@ -105,6 +112,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try Bounds.check(real: sharedLRScale, 0...1, "\(at).adapter.sharedLearningRateScale")
         try Bounds.check(realignHeadSteps, B.realignSteps, "\(at).heads.realignSteps")
         try Bounds.check(real: realignLearningRate, B.learningRate, lowerOpen: true, "\(at).heads.realignLearningRate")
+        if let n = driftRefitSteps { try Bounds.check(n, B.driftRefitSteps, "\(at).heads.driftRefitSteps") }
+        if let lr = driftRefitLearningRate { try Bounds.check(real: lr, B.learningRate, lowerOpen: true, "\(at).heads.driftRefitLearningRate") }
         try Bounds.check(spec.routerLayer, B.layerIndex, "\(at).router.layer")
         if let p = spec.routerPrototypes {
             try Bounds.check(real: p.temperature, B.prototypeTemperature, lowerOpen: true, "\(at).router.prototypes.temperature")

@@ -12,7 +12,7 @@ public final class RoutedPredictor {
     public let router: DomainRouter?
     /// Head rescoring: a sequence whose top router probability is below `rescoreThreshold` also
     /// runs the gated passes of its next `rescoreTopK − 1` domains, and the domain d maximising
-    /// log p_router(d) + log max softmax(head_d) wins (1 = off).
+    /// log p_router(d) + `headEvidence`(head_d) wins (1 = off).
     public let rescoreTopK: Int
     public let rescoreThreshold: Float
 
@@ -128,6 +128,20 @@ public final class RoutedPredictor {
         return out
     }
 
+    /// How sure head d is of its best intent, on a scale that does not depend on its size:
+    /// 1 + log max softmax / log n = (log max softmax − log(1/n)) / log n, in [0, 1] (0: uniform over
+    /// its n intents, 1: certain), and 0 for a one-intent head, which cannot tell anything.
+    /// A plain log max softmax would let smaller heads win by count: a one-intent head scores
+    /// log 1 = 0, the best possible, and a uniform n-intent head −log n.
+    /// `row` is one sequence's logits over every class (V), `classes` head d's range in it.
+    public static func headEvidence(_ row: ArraySlice<Float>, classes r: Range<Int>) -> Float {
+        guard r.count > 1 else { return 0 }
+        let top = r.map { row[row.startIndex + $0] }.max()!
+        var z: Float = 0
+        for c in r { z += expf(row[row.startIndex + c] - top) }
+        return 1 - logf(z) / logf(Float(r.count))
+    }
+
     /// Head rescoring of the uncertain sequences, given the router's probabilities (B,K):
     /// returns the domains and logits (B,V) under them. One extra gated pass per extra candidate.
     func rescore(_ sequences: [[Int32]], probabilities p: [Float]) -> (domains: [Int32], logits: [Float]) {
@@ -139,11 +153,7 @@ public final class RoutedPredictor {
         let uncertain = (0..<B).filter { p[$0 * K + ranked[$0][0]] < rescoreThreshold }
         guard extra > 0, !uncertain.isEmpty else { return (gates, logits) }
         func score(_ row: ArraySlice<Float>, domain d: Int, prob: Float) -> Float {
-            let r = m.domains[d].classRange
-            let top = r.map { row[row.startIndex + $0] }.max()!
-            var z: Float = 0
-            for c in r { z += expf(row[row.startIndex + c] - top) }
-            return logf(max(prob, 1e-12)) - logf(z)  // log p(d) + log max softmax
+            logf(max(prob, 1e-12)) + RoutedPredictor.headEvidence(row, classes: m.domains[d].classRange)
         }
         var best = uncertain.map { b in score(logits[(b * V)..<((b + 1) * V)], domain: Int(gates[b]), prob: p[b * K + Int(gates[b])]) }
         for rank in 1...extra {

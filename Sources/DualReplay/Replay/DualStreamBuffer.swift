@@ -195,6 +195,19 @@ public final class DualStreamBuffer: ReplayBuffer {
 
     private func slot(_ domain: Int32) -> DomainStream? { slotIndex[domain].map { slots[$0] } }
 
+    /// Replaces the stored logits of `domain`'s items, in `items(of:)` order (after its head was
+    /// refitted: distillation must target the head that is kept). Only items that store logits
+    /// change, each to as many floats as before, so bytes, quotas and the ledger stay as they were.
+    public func replaceLogits(of domain: Int32, with logits: [[Float]]) {
+        guard let i = slotIndex[domain] else { return }
+        precondition(logits.count == slots[i].items.count, "replaceLogits: \(logits.count) rows for \(slots[i].items.count) items")
+        for k in slots[i].items.indices {
+            guard let old = slots[i].items[k].logits else { continue }
+            precondition(old.count == logits[k].count, "replaceLogits: \(logits[k].count) logits for an item that stores \(old.count)")
+            slots[i].items[k].logits = logits[k]
+        }
+    }
+
     private func floor(of slot: DomainStream) -> Int { max(config.floorBytes, slot.largestItemBytes) }
 
     // MARK: Updates

@@ -65,8 +65,8 @@ public enum OnboardError: LocalizedError, Equatable {
 
 public final class ContinualState {
     public let encoder: SentenceEncoder
-    public private(set) var manifest: StateManifest
-    public private(set) var metrics: [MetricsRow]
+    public internal(set) var manifest: StateManifest
+    public internal(set) var metrics: [MetricsRow]
     /// Val and test rows of each domain (indexed like `manifest.domains`).
     public private(set) var domainExamples: [[IntentExample]]
     private(set) var learner: LearnerState
@@ -159,7 +159,7 @@ public final class ContinualState {
         try restore(try StateDirectory.load(dir), encoder: encoder)
     }
 
-    private static func scenarioDomains(_ mf: StateManifest, _ examples: [[IntentExample]], file: String) throws -> [DomainData] {
+    static func scenarioDomains(_ mf: StateManifest, _ examples: [[IntentExample]], file: String) throws -> [DomainData] {
         try zip(mf.domains, examples).map { d, rows in
             let val = rows.filter { $0.split == .val }, test = rows.filter { $0.split == .test }
             guard !test.isEmpty else { throw StateError.malformed(file: file, reason: "domain \"\(d.name)\" has no test rows") }
@@ -168,7 +168,7 @@ public final class ContinualState {
     }
 
     /// The scenario of `domains` in training order; its class offsets must be the registry's.
-    private static func makeScenario(_ mf: StateManifest, domains: [DomainData]) throws -> Scenario {
+    static func makeScenario(_ mf: StateManifest, domains: [DomainData]) throws -> Scenario {
         let scenario = try Scenario(domains: domains)
         for (d, r) in zip(scenario.domains, mf.domains) where Int(d.labelOffset) != r.classOffset || d.intents != r.intents {
             throw StateError.malformed(file: StateDirectory.manifestName, reason: "domain \"\(r.name)\": class offset or intents do not match the registry")
@@ -177,14 +177,14 @@ public final class ContinualState {
     }
 
     /// The state's training settings, with its byte budget once the first domain fixed it.
-    private var training: TrainingDefaults {
+    var training: TrainingDefaults {
         var t = manifest.config.training ?? TrainingDefaults()
         if manifest.byteBudget > 0 { t.bufferBytes = manifest.byteBudget }
         return t
     }
 
     /// The rows of `split` the state evaluates a domain on (the config's cap applies).
-    private func rows(_ d: ScenarioDomain, _ split: Split) -> [IntentExample] {
+    func rows(_ d: ScenarioDomain, _ split: Split) -> [IntentExample] {
         d.evaluationRows(split, cap: manifest.config.data.maxEvalPerDomain)
     }
 

@@ -49,6 +49,9 @@ public struct MetricsRow: Codable, Equatable, Sendable {
     public var routerConfusion: [[Int]]?
     /// The red lines this version raised (`StateDiff.redLines`; nil: written before they were kept).
     public var redLines: [String]?
+    /// Domains whose gate row and head `remediate` replaced in this version (its row then
+    /// replaces the one of the same last domain; nil for an onboarding).
+    public var remediated: [String]? = nil
 }
 
 public struct StateManifest: Codable, Equatable, Sendable {

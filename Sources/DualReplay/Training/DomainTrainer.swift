@@ -90,6 +90,9 @@ public final class DomainTrainer {
         public var parametersAdded: Int
         /// Wall time of each phase of this domain.
         public var times: PhaseTimes
+        /// Earlier domains classed as alignment drift whose gate and head were refitted
+        /// (`heads.driftRefitSteps`), kept or not.
+        public var gateRefits: [GateRefit.Outcome] = []
     }
 
     /// Adds domain `d` as the learner's next domain and trains it. `validation[j]` are the
@@ -109,21 +112,29 @@ public final class DomainTrainer {
         let trained = try times.time(\.sgd) { try loop.run(m, s, optimizer: training.optimizer, examples: rows, policies: policies,
                                    replay: { tb, n, rng in self.drawReplay(st, into: &tb, count: n, newDomain: k, rng: &rng) },
                                    rng: &rng, label: "\(s.name) \(label)") }
-        // validation F1 of every seen domain: the forgetting signal
-        let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
-        let vrow = times.time(\.quotaValidation) { validation.enumerated().map { j, rows in oracle.oracleF1(domain: j, examples: rows) } }
+        // validation score of every seen domain: the forgetting signal (`validationScores`)
+        let (vrow, isReference) = times.time(\.quotaValidation) { validationScores(st, validation: validation) }
         var bestVal = st.bestValidationF1 + [0]
         var forgetting: [Int32: Float] = [:]
         for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
-        for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
+        // a one-intent domain's reference starts with its first routed recall that is not trivial
+        for j in 0...k where isReference[j] { bestVal[j] = max(bestVal[j], vrow[j]) }
         try times.time(\.buffer) { try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng) }
         if s.realignHeadSteps > 0, k > 0 {
             times.time(\.realign) { for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) } }
         }
+        var refits: [GateRefit.Outcome] = []
+        if let steps = s.driftRefitSteps, steps > 0, k > 0 {
+            refits = times.time(\.realign) { refitDriftingGates(st, validation: validation, headF1AtLearning: bestVal, headF1Now: vrow, before: k) }
+            for r in refits {
+                progress("  alignment drift in '\(r.domain)': gate refit \(r.kept ? "kept" : "rejected") (val F1 "
+                         + String(format: "%.1f -> %.1f)", 100 * r.validationF1Before, 100 * r.validationF1Candidate))
+            }
+        }
         if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng, times: &times) }
         st.rng = rng
         st.bestValidationF1 = bestVal
-        return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded, times: times)
+        return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded, times: times, gateRefits: refits)
     }
 
     /// Tops a batch of domain `k` up with `n` replayed rows: the reservoir's, or the dual stream's
