@@ -162,6 +162,10 @@ struct OnboardCommand: ParsableCommand {
     }
 
     func run() throws {
+        let job = try Cluster.collective()
+        guard job.size == 1 else {
+            throw JobError.unsupported("onboard over \(job.size) MPI ranks (data-parallel training) is not in this build yet: start it without mpirun")
+        }
         let dir = stateOptions.directory
         let checkpointURL = OnboardingCheckpoint.url(in: dir)
         // one writer at a time, for the whole run: taken before anything is read
