@@ -1,5 +1,16 @@
 // DualReplay — continual fine-tuning of a frozen BERT-family encoder without forgetting.
 import CKernels
 
-/// Sets the number of threads the BLAS calls of every kernel use.
-public func setComputeThreads(_ n: Int) { dr_blas_set_threads(Int32(max(1, n))) }
+/// Sets the number of threads the kernels use: BLAS's own threads, and the worker threads of
+/// data-parallel chunks (`training.gradientChunk`), whose BLAS calls run single-threaded.
+public func setComputeThreads(_ n: Int) {
+    Parallelism.threads = max(1, n)
+    dr_blas_set_threads(Int32(max(1, n)))
+}
+
+/// The process's share of the work: its compute threads and the collective of the job (one
+/// process, or the ranks of an MPI launch).
+public enum Parallelism {
+    nonisolated(unsafe) public static var threads = 1
+    nonisolated(unsafe) public static var collective: Collective = SingleProcess()
+}

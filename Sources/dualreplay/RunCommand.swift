@@ -55,9 +55,16 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     if let t = threads { cfg.threads = t }
     if let m = model { cfg.model = m }
     try job.agree { try cfg.validate() }
-    let units = ExperimentRunner.gridRunCount(cfg)
-    if job.size > units, (parallel ?? cfg.parallel) == .grid {
-        throw JobError.tooManyRanks(ranks: job.size, units: units, what: "runs in this experiment's grid")
+    let mode = parallel ?? cfg.parallel ?? .data
+    if job.size > 1 {
+        if mode == .grid {
+            let units = ExperimentRunner.gridRunCount(cfg)
+            guard job.size <= units else { throw JobError.tooManyRanks(ranks: job.size, units: units, what: "runs in this experiment's grid") }
+        } else {
+            try checkDataParallel(chunk: (cfg.training ?? TrainingDefaults()).gradientChunk,
+                                  batchSizes: try cfg.resolvedMethods().map(\.batchSize), ranks: job.size)
+            Parallelism.collective = job
+        }
     }
     setComputeThreads(cfg.threads ?? ConfigDefaults.threads)
     let (encoder, scenario, general) = try job.agree {
@@ -105,7 +112,7 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     }
     if lead { runner.onRunFinished = { p in try AtomicFile.write(try enc.encode(p), to: partialURL) } }
     Interrupt.shared.install()
-    runner.shouldStop = { Interrupt.shared.requested }
+    runner.shouldStop = mode == .data ? agreedStop(job) : { Interrupt.shared.requested }
     runner.afterStep = CrashInjection.install(ProcessInfo.processInfo.environment[CrashInjection.environmentVariable])
     let results: ExperimentResults
     do {
@@ -126,6 +133,33 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     guard lead else { return }
     print(md)
     printError("dualreplay: wrote \(dir.path)/results.json and results.md")
+}
+
+/// Data-parallel training over `ranks` ranks shares each batch as `gradientChunk`-row chunks:
+/// it needs chunking on, and at least one chunk of a full batch per rank.
+func checkDataParallel(chunk: Int, batchSizes: [Int], ranks: Int) throws {
+    let batch = batchSizes.min() ?? 1
+    guard chunk > 0 else {
+        throw JobError.unsupported("data-parallel training over \(ranks) MPI ranks splits every batch into chunks: set training.gradientChunk "
+                                   + "(e.g. \(max(1, batch / ranks)) for \(ranks) ranks at batch \(batch)) in the config, "
+                                   + "or spread whole runs with --parallel grid (docs/CLUSTER.md)")
+    }
+    let chunks = (batch + chunk - 1) / chunk
+    guard ranks <= chunks else {
+        throw JobError.tooManyRanks(ranks: ranks, units: chunks, what: "gradient chunks per batch (batch \(batch), training.gradientChunk \(chunk))")
+    }
+}
+
+/// Ctrl-C under data-parallel training: every rank must stop at the same step, so the ranks
+/// agree on the stop flag after each step (one tiny all-gather); one process: the flag as is.
+func agreedStop(_ job: Collective) -> () -> Bool {
+    guard job.size > 1 else { return { Interrupt.shared.requested } }
+    return {
+        do { return try job.allGather(Interrupt.shared.requested ? 1 : 0).contains(1) } catch {
+            printError("Error: rank \(job.rank) of \(job.size): \(error.localizedDescription); stopping every rank of the job")
+            job.abort(code: 1)
+        }
+    }
 }
 
 /// The git commit of the working tree when run from a checkout, else "unknown".

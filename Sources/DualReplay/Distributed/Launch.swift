@@ -72,6 +72,8 @@ public enum JobError: LocalizedError, Equatable {
     case tooManyRanks(ranks: Int, units: Int, what: String)
     /// A rank does not see the experiment rank 0 sees (config, data, model, code version, threads).
     case protocolMismatch(rank: Int, hash: String, rootHash: String)
+    /// A rank's trainable parameters differ from rank 0's before training step `step`.
+    case diverged(rank: Int, step: Int, hash: UInt64, rootHash: UInt64)
     /// This build cannot do what was asked with several ranks.
     case unsupported(String)
 
@@ -84,6 +86,9 @@ public enum JobError: LocalizedError, Equatable {
         case let .protocolMismatch(r, h, root):
             return "rank \(r) sees another experiment than rank 0 (protocol \(h), rank 0: \(root)): every rank must read the same "
                 + "config, data, model and code, with the same --threads"
+        case let .diverged(r, step, h, root):
+            return "rank \(r)'s parameters differ from rank 0's before training step \(step + 1) (hash \(String(h, radix: 16)), rank 0: "
+                + "\(String(root, radix: 16))): the ranks are not training the same model; check that every node runs the same build, model and data"
         case .unsupported(let s):
             return s
         }

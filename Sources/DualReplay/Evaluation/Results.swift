@@ -33,6 +33,8 @@ public struct RunResult: Codable, Sendable {
     /// was learned and after the last domain; per domain with multi-intent test rows, fragility.
     public var probes: [ProbeDiagnosis]?
     public var multiIntent: [MultiIntentScore]?
+    /// Wall seconds by phase (sequential runs; nil in results written before they were recorded).
+    public var timing: PhaseTimes?
 }
 
 /// The runs an experiment has finished so far (`<out>/partial.json`): `run --resume` skips them.

@@ -22,6 +22,7 @@ public enum ConfigDefaults {
     public static let replayShare = 0.2
     public static let bufferExamples = 1000
     public static let maxLength = 64
+    public static let gradientChunk = 0
 
     // MARK: data files
     public static let multiLabel: MultiLabelPolicy = .drop
@@ -90,6 +91,7 @@ public enum ConfigBounds {
     public static let prototypeWeight: ClosedRange<Float> = 0...100
     public static let lossWeight: ClosedRange<Float> = 0...1000
     public static let maxLength = 3...512
+    public static let gradientChunk = 0...4096
     public static let bufferBytes = 1...(1 << 36)
     public static let bufferExamples = 1...10_000_000
     public static let routerEpochs = 1...10_000

@@ -124,15 +124,15 @@ public final class ExperimentRunner {
         let mode = parallel ?? config.parallel ?? .data
         if collective.size > 1 {
             try checkSameProtocol(proto)
-            guard mode == .grid else {
-                throw JobError.unsupported("data-parallel training over \(collective.size) MPI ranks is not in this build yet: "
-                                           + "run the experiment's runs side by side with --parallel grid (docs/CLUSTER.md)")
-            }
+        }
+        if collective.size > 1 && mode == .grid {
             guard collective.size <= tasks.count else {
                 throw JobError.tooManyRanks(ranks: collective.size, units: tasks.count, what: "runs in this experiment's grid")
             }
             try runGrid(tasks, reuse: reuse, outcomes: &outcomes, record: record, save: { try onRunFinished?(partial) })
         } else {
+            // one process, or data-parallel: every rank runs every unit together (the models'
+            // `ChunkedReduction` shares each batch), rank 0 saves
             for (i, t) in tasks.enumerated() {
                 let o: GridOutcome
                 if let done = reused(t, from: reuse) {
@@ -141,9 +141,15 @@ public final class ExperimentRunner {
                 } else {
                     o = try execute(t)
                 }
-                outcomes[i] = o
                 record(o)
-                try onRunFinished?(partial)
+                let t0 = Date()
+                try collective.agree { if collective.rank == 0 { try onRunFinished?(partial) } }
+                if case .run(var r) = o, !t.isReference, reused(t, from: reuse) == nil {
+                    r.timing?.io = Date().timeIntervalSince(t0)  // saving the partial results
+                    outcomes[i] = .run(r)
+                } else {
+                    outcomes[i] = o
+                }
             }
         }
         return assemble(tasks, outcomes: outcomes.map { $0! }, protocol: proto)

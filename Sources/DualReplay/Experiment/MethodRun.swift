@@ -39,10 +39,12 @@ struct MethodRun {
         var trainTime = 0.0, evalTime = 0.0, trained = 0, paramsPerDomain = 0
         let diagnose = config.diagnostics ?? ConfigDefaults.diagnostics
         var probeAtLearning: [Double] = []
+        var times = PhaseTimes()
         for (k, d) in order.domains.enumerated() {
             let t0 = Date()
             let step = try trainer.learn(st, domain: d, validation: Array(valRows[0...k]), label: "\(k + 1)/\(K)")
             valF1.append(step.validationF1)
+            times = times + step.times
             trained += step.trained
             paramsPerDomain = step.parametersAdded
             let t1 = Date()
@@ -57,6 +59,7 @@ struct MethodRun {
             if let a = row.routerAccuracy { routerAcc.append(a) }
             if diagnose { probeAtLearning.append(probeF1(evaluator, domain: k)) }
             evalTime += Date().timeIntervalSince(t1)
+            times.evaluation += Date().timeIntervalSince(t1)
             let rowText = row.routedF1.map { String(format: "%.1f", 100 * $0) }.joined(separator: " ")
             progress("  after \(k + 1)/\(K): routed F1 [\(rowText)]" + (row.routerAccuracy.map { String(format: " router acc %.1f%%", 100 * $0) } ?? ""))
         }
@@ -74,13 +77,17 @@ struct MethodRun {
             }
             result.multiIntent = multiIntentScores(evaluator, routedAccuracy: racc)
             evalTime += Date().timeIntervalSince(t2)
+            times.evaluation += Date().timeIntervalSince(t2)
             result.evalSeconds = evalTime
             progress("  diagnostics: " + (result.probes ?? []).map { "\($0.domain) \($0.kind.rawValue)" }.joined(separator: ", "))
         }
+        let t3 = Date()
         if let lat = evaluator.latency(texts: order.domains.flatMap { $0.test.map(\.text) }, samples: config.latencySamples ?? ConfigDefaults.latencySamples) {
             result.latencyP50ms = lat.p50
             result.latencyP99ms = lat.p99
         }
+        times.evaluation += Date().timeIntervalSince(t3)
+        result.timing = times
         if m.prototypeFloats > 0 { result.prototypeFloats = m.prototypeFloats }
         return result
     }

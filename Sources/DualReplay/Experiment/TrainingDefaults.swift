@@ -15,6 +15,11 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
     public var maxLength: Int = ConfigDefaults.maxLength
     public var optimizer: OptimizerConfig = OptimizerConfig()
     public var routerTraining: RouterConfig = RouterConfig()
+    /// Data-parallel chunk size in rows (`ChunkedReduction`): each batch runs as chunks of this
+    /// many rows on the run's threads (and MPI ranks), their gradients added in chunk order, so
+    /// the result does not depend on the thread or rank count. 0 = one pass over the whole batch
+    /// with BLAS's own threads.
+    public var gradientChunk: Int = ConfigDefaults.gradientChunk
     public init() {}
 
     /// Bounds of every field, named `training.<field>`.
@@ -27,6 +32,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
         try Bounds.check(bufferBytes, B.bufferBytes, "training.bufferBytes")
         try Bounds.check(bufferExamples, B.bufferExamples, "training.bufferExamples")
         try Bounds.check(maxLength, B.maxLength, "training.maxLength")
+        try Bounds.check(gradientChunk, B.gradientChunk, "training.gradientChunk")
         let o = optimizer
         try Bounds.check(real: o.learningRate, B.learningRate, lowerOpen: true, "training.optimizer.learningRate")
         try Bounds.check(real: o.beta1, 0...1, upperOpen: true, "training.optimizer.beta1")
@@ -45,7 +51,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
 
 extension TrainingDefaults {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining
+        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
@@ -59,6 +65,7 @@ extension TrainingDefaults {
         maxLength = try c.decodeIfPresent(Int.self, forKey: .maxLength) ?? d.maxLength
         optimizer = try c.decodeIfPresent(OptimizerConfig.self, forKey: .optimizer) ?? d.optimizer
         routerTraining = try c.decodeIfPresent(RouterConfig.self, forKey: .routerTraining) ?? d.routerTraining
+        gradientChunk = try c.decodeIfPresent(Int.self, forKey: .gradientChunk) ?? d.gradientChunk
     }
 }
 

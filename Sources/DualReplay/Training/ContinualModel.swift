@@ -90,18 +90,16 @@ public final class ContinualModel {
 
     // C views, rebuilt after every structural change (`rebuildViews`)
     var baseParams = dr_bert_params()
-    var baseGrads = dr_bert_params()
     var ptrs: [UnsafeMutablePointer<Float>?] = []
-    var ptrArena: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>
+    var gradientSlots = Set<Int>()
     var slotOfLayer: [Int32]
     var loraScales: [Float] = []
 
-    // workspaces
-    let workspace: EncoderWorkspace
-    var extArena = FloatArena(count: 0)
-    var fwdScratch = FloatArena(count: 0)
-    var bwdScratch = FloatArena(count: 0)
-    var xacts = dr_ext_acts()
+    /// The buffers of the model's own passes (gradients into the store), and the worker
+    /// contexts of data-parallel chunks (`ChunkedReduction`), created on demand.
+    let main: PassContext
+    var workers: [PassContext] = []
+    var workspace: EncoderWorkspace { main.workspace }
 
     public init(base: BertWeights, spec: ModelSpec, seed: UInt64) {
         self.base = base
@@ -110,8 +108,7 @@ public final class ContinualModel {
         adapterLayers = spec.adapter ? (spec.adapterLayers ?? Array(0..<L)).sorted() : []
         slotOfLayer = [Int32](repeating: -1, count: L)
         for (s, l) in adapterLayers.enumerated() { slotOfLayer[l] = Int32(s) }
-        workspace = EncoderWorkspace(config: base.config)
-        ptrArena = .allocate(capacity: 1)
+        main = PassContext(config: base.config, privateGradients: false)
         rngState = SplitMix64(seed: seed)
         var rng = rngState
         let R = spec.bottleneck
@@ -143,7 +140,6 @@ public final class ContinualModel {
         rngState = rng
         rebuildViews()
     }
-    deinit { ptrArena.deallocate() }
 
     /// The model's private generator (initialisation of new tensors; checkpointed).
     public var rngState: SplitMix64
@@ -217,33 +213,52 @@ public final class ContinualModel {
         var cfg = config.kernelConfig
         let baseValues = spec.fullFineTune ? store.value(TensorName.base) : base.arena.base
         dr_bert_params_point(&baseParams, baseValues, &cfg)
-        if spec.fullFineTune { dr_bert_params_point(&baseGrads, store.grad(TensorName.base), &cfg) }
+
         // pointer table: adapter (5 values + 5 grads per slot), LoRA (A,B values + grads)
         ptrs.removeAll()
         let S = adapterLayers.count
         for field in ["down.w", "down.b", "up.w", "up.b", "gates"] {
             for s in 0..<S { ptrs.append(store.value(TensorName.adapter(s, field))) }
         }
+        gradientSlots.removeAll()
         for field in ["down.w", "down.b", "up.w", "up.b", "gates"] {
-            for s in 0..<S { ptrs.append(store.gradIfTrainable(TensorName.adapter(s, field))) }
+            for s in 0..<S { gradientSlots.insert(ptrs.count); ptrs.append(store.gradIfTrainable(TensorName.adapter(s, field))) }
         }
         for which in ["A", "B"] {
             for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.value(TensorName.lora(k, l, part, which))) } } }
         }
         for which in ["A", "B"] {
-            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] { ptrs.append(store.gradIfTrainable(TensorName.lora(k, l, part, which))) } } }
+            for k in 0..<loraSets { for l in 0..<L { for part in ["q", "v"] {
+                gradientSlots.insert(ptrs.count); ptrs.append(store.gradIfTrainable(TensorName.lora(k, l, part, which)))
+            } } }
         }
-        ptrArena.deallocate()
-        ptrArena = .allocate(capacity: max(ptrs.count, 1))
-        ptrArena.initialize(from: ptrs, count: ptrs.count)
+        for ctx in [main] + workers { rebuildContext(ctx) }
         loraScales = [Float](repeating: spec.loraAlpha / Float(spec.loraRank), count: loraSets)
     }
 
+    func rebuildContext(_ ctx: PassContext) {
+        ctx.rebuild(from: ptrs, gradientSlots: gradientSlots, store: store)
+        if spec.fullFineTune {
+            var cfg = config.kernelConfig
+            dr_bert_params_point(&ctx.baseGrads, ctx.grad(store, TensorName.base), &cfg)
+        }
+    }
+
+    /// `n` worker contexts (data-parallel chunks), their gradient arenas in the store's layout.
+    func ensureWorkers(_ n: Int) {
+        while workers.count < n {
+            let w = PassContext(config: config, privateGradients: true)
+            rebuildContext(w)
+            workers.append(w)
+        }
+    }
+
     /// Builds the C description of the extensions for one batch and calls `body` with it.
-    func withExt<T>(gateIds: UnsafePointer<Int32>?, probs: UnsafePointer<Float>?, dP: UnsafeMutablePointer<Float>?,
+    func withExt<T>(_ ctx: PassContext, gateIds: UnsafePointer<Int32>?, probs: UnsafePointer<Float>?, dP: UnsafeMutablePointer<Float>?,
                             _ body: (UnsafePointer<dr_bert_ext>?, UnsafeMutablePointer<dr_bert_ext_grads>?) -> T) -> T {
         let S = adapterLayers.count, L = config.layers
         if S == 0 && loraSets == 0 { return body(nil, nil) }
+        let ptrArena = ctx.table
         let raw = UnsafeMutableRawPointer(ptrArena)
         func table(_ i: Int) -> UnsafePointer<UnsafePointer<Float>?> {
             UnsafePointer(raw.assumingMemoryBound(to: UnsafePointer<Float>?.self) + i)
@@ -283,29 +298,32 @@ public final class ContinualModel {
 
     // MARK: - forward
 
-    var pooledBuf = [Float](), logitsBuf = [Float](), routerFeat = [Float]()
+    var pooledBuf: [Float] { main.pooledBuf }
+    var logitsBuf: [Float] { main.logitsBuf }
 
     /// Runs the encoder on `batch` with hard gates `gateIds` (one per sequence) and computes
-    /// pooled outputs (B,C) and logits over all seen classes (B,V) into the model's buffers.
+    /// pooled outputs (B,C) and logits over all seen classes (B,V) into the context's buffers.
     /// `fromLayer` > 0 reuses hidden[fromLayer] already in the workspace (routing pass).
-    func forward(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int = 0, upToLayer: Int? = nil) {
+    func forward(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int = 0, upToLayer: Int? = nil, in ctx: PassContext? = nil) {
+        let ctx = ctx ?? main
+        let workspace = ctx.workspace
         let B = batch.count, N = batch.tokenCount, C = config.hidden
         var cfg = config.kernelConfig
         let PS = batch.cuSeqlens.withUnsafeBufferPointer { dr_attention_prob_size($0.baseAddress, Int64(B), Int64(config.heads)) }
         if fromLayer == 0 { workspace.prepare(tokens: N, probs: Int(PS)) }
         let S = Int64(adapterLayers.count)
         gateIds.withUnsafeBufferPointer { gids in
-            withExt(gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, _ in
+            withExt(ctx, gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, _ in
                 let xn = dr_ext_act_size(&cfg, ext, S, Int64(N), Int64(B))
-                if xn > extArena.count { extArena = FloatArena(count: Int(xn)) }
-                dr_ext_acts_point(&xacts, extArena.base, &cfg, ext, S, Int64(N), Int64(B))
+                if xn > ctx.extArena.count { ctx.extArena = FloatArena(count: Int(xn)) }
+                dr_ext_acts_point(&ctx.xacts, ctx.extArena.base, &cfg, ext, S, Int64(N), Int64(B))
                 let fs = dr_bert_forward_scratch_size(&cfg, ext, Int64(N), Int64(B))
-                if fs > fwdScratch.count { fwdScratch = FloatArena(count: Int(fs)) }
+                if fs > ctx.fwdScratch.count { ctx.fwdScratch = FloatArena(count: Int(fs)) }
                 var runCfg = cfg
                 if let up = upToLayer { runCfg.n_layers = Int64(up) }
                 batch.tokenIds.withUnsafeBufferPointer { ids in
                     batch.cuSeqlens.withUnsafeBufferPointer { cu in
-                        dr_bert_forward(&workspace.acts, &xacts, fwdScratch.base, &baseParams, ext, &runCfg, ids.baseAddress, nil,
+                        dr_bert_forward(&workspace.acts, &ctx.xacts, ctx.fwdScratch.base, &baseParams, ext, &runCfg, ids.baseAddress, nil,
                                         cu.baseAddress, Int64(B), Int64(fromLayer))
                     }
                 }
@@ -313,16 +331,16 @@ public final class ContinualModel {
         }
         if upToLayer != nil { return }
         // pooled = mean over tokens of the last layer; logits = heads
-        if pooledBuf.count < B * C { pooledBuf = [Float](repeating: 0, count: B * C) }
+        if ctx.pooledBuf.count < B * C { ctx.pooledBuf = [Float](repeating: 0, count: B * C) }
         let V = classCount
-        if logitsBuf.count < B * V { logitsBuf = [Float](repeating: 0, count: B * V) }
+        if ctx.logitsBuf.count < B * V { ctx.logitsBuf = [Float](repeating: 0, count: B * V) }
         let last = workspace.acts.hidden + config.layers * N * C
-        pooledBuf.withUnsafeMutableBufferPointer { pooled in
+        ctx.pooledBuf.withUnsafeMutableBufferPointer { pooled in
             batch.cuSeqlens.withUnsafeBufferPointer { cu in
                 dr_mean_pool_forward(pooled.baseAddress, last, cu.baseAddress, Int64(B), Int64(C))
             }
             // logits (B,V) = pooled (B,C) · head.wᵀ + head.b
-            logitsBuf.withUnsafeMutableBufferPointer { logits in
+            ctx.logitsBuf.withUnsafeMutableBufferPointer { logits in
                 dr_matmul_forward(logits.baseAddress, pooled.baseAddress, store.value(TensorName.headWeight), store.value(TensorName.headBias),
                                   Int64(B), Int64(C), Int64(V))
             }
@@ -383,7 +401,8 @@ public final class ContinualModel {
     /// Learning-rate multiplier of the shared adapter projections (`TensorName.isSharedAdapter`).
     public var sharedLRScale: Float = 1
 
-    var dlogits = [Float](), dpooled = [Float](), dtop = [Float](), losses = [Float](), targetsBuf = [Float]()
+    /// Data-parallel training (`ChunkedReduction`): nil = one pass over the whole batch.
+    public var chunking: ChunkedReduction?
 
     // MARK: - inference
 

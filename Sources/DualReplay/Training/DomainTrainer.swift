@@ -27,7 +27,11 @@ public final class DomainTrainer {
     // MARK: - building a learner
 
     public func makeModel(seed: UInt64) -> ContinualModel {
-        ContinualModel(base: encoder.weights, spec: settings.spec, seed: seed &* 7919 &+ 17)
+        let m = ContinualModel(base: encoder.weights, spec: settings.spec, seed: seed &* 7919 &+ 17)
+        if training.gradientChunk > 0 {
+            m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: Parallelism.collective)
+        }
+        return m
     }
 
     public func makeRouter(_ m: ContinualModel) -> DomainRouter? { settings.router ? DomainRouter(model: m) : nil }
@@ -83,6 +87,8 @@ public final class DomainTrainer {
         public var trained: Int
         /// Parameters the domain added (router outputs aside).
         public var parametersAdded: Int
+        /// Wall time of each phase of this domain.
+        public var times: PhaseTimes
     }
 
     /// Adds domain `d` as the learner's next domain and trains it. `validation[j]` are the
@@ -98,24 +104,25 @@ public final class DomainTrainer {
         let rows = trainingRows(d, domainIndex: k)
         guard !rows.isEmpty else { throw RunnerError.data("domain \(d.name) has no training examples") }
         progress("\(s.name) domain \(label) '\(d.name)' (\(rows.count) examples)")
-        let trained = try loop.run(m, s, optimizer: training.optimizer, examples: rows, policies: policies,
+        var times = PhaseTimes()
+        let trained = try times.time(\.sgd) { try loop.run(m, s, optimizer: training.optimizer, examples: rows, policies: policies,
                                    replay: { tb, n, rng in self.drawReplay(st, into: &tb, count: n, newDomain: k, rng: &rng) },
-                                   rng: &rng, label: "\(s.name) \(label)")
+                                   rng: &rng, label: "\(s.name) \(label)") }
         // validation F1 of every seen domain: the forgetting signal
         let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
-        let vrow = validation.enumerated().map { j, rows in oracle.oracleF1(domain: j, examples: rows) }
+        let vrow = times.time(\.quotaValidation) { validation.enumerated().map { j, rows in oracle.oracleF1(domain: j, examples: rows) } }
         var bestVal = st.bestValidationF1 + [0]
         var forgetting: [Int32: Float] = [:]
         for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
         for j in 0...k { bestVal[j] = max(bestVal[j], vrow[j]) }
-        try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng)
+        try times.time(\.buffer) { try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng) }
         if s.realignHeadSteps > 0, k > 0 {
-            for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) }
+            times.time(\.realign) { for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) } }
         }
-        if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng) }
+        if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng, times: &times) }
         st.rng = rng
         st.bestValidationF1 = bestVal
-        return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded)
+        return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded, times: times)
     }
 
     /// Tops a batch of domain `k` up with `n` replayed rows: the reservoir's, or the dual stream's
@@ -197,8 +204,11 @@ public final class DomainTrainer {
     /// Fits domain k's intent prototypes and retrains the router on a sample of the new domain
     /// plus every buffered example of the earlier ones (balanced by domain unless the method
     /// says otherwise). Without a buffer the router only ever sees the newest domain.
-    func retrainRouter(_ router: DomainRouter, _ st: LearnerState, rows: [TrainingRow], domain k: Int, rng: inout SplitMix64) {
-        router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) })
+    func retrainRouter(_ router: DomainRouter, _ st: LearnerState, rows: [TrainingRow], domain k: Int, rng: inout SplitMix64,
+                       times: inout PhaseTimes) {
+        times.time(\.prototypes) { router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }) }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { times.router += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
         var ex = rows.shuffled(using: &rng).prefix(training.routerTraining.newDomainExamples).map { ($0.ids, Int32($0.domain)) }
         ex += st.bufferedItems(before: k).filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
         var rc = training.routerTraining

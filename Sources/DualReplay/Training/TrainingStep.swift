@@ -18,6 +18,16 @@ public struct TrainingBatch {
     public var logitHi: [Int32]? = nil
     public var count: Int { sequences.count }
 
+    /// Rows `r` of the batch (a data-parallel chunk).
+    public func rows(_ r: Range<Int>) -> TrainingBatch {
+        var c = TrainingBatch()
+        c.sequences = Array(sequences[r]); c.gateIds = Array(gateIds[r]); c.labels = Array(labels[r])
+        c.rangeLo = Array(rangeLo[r]); c.rangeHi = Array(rangeHi[r])
+        c.logitTargets = Array(logitTargets[r]); c.anchorTargets = Array(anchorTargets[r])
+        c.logitLo = logitLo.map { Array($0[r]) }; c.logitHi = logitHi.map { Array($0[r]) }
+        return c
+    }
+
     /// Widens every row's classification range to all `classCount` seen classes, keeping the
     /// stored logits' own ranges for logit replay.
     public mutating func scopeToAllSeen(classCount: Int) {
@@ -83,85 +93,13 @@ extension ContinualModel {
     }
 
     /// Forward, losses and backward: gradients of every trainable tensor (router excluded) land
-    /// in `store.grads` (zeroed first). Returns the loss parts.
+    /// in `store.grads` (zeroed first). Returns the loss parts. With `chunking`, the batch runs
+    /// as fixed-size chunks (on several threads or ranks) whose gradients are added in chunk order.
     public func computeGradients(_ tb: TrainingBatch, weights: LossWeights) throws -> LossParts {
-        let B = tb.count, C = config.hidden, V = classCount
-        guard B > 0, V > 0 else { throw TrainingError.invalidBatch("empty batch or no domain") }
-        let batch = PackedBatch(tb.sequences)
-        let N = batch.tokenCount
+        guard tb.count > 0, classCount > 0 else { throw TrainingError.invalidBatch("empty batch or no domain") }
+        let norms = LossNormalizers(tb, weights), C = config.hidden
         store.zeroGrads()
-        forward(batch, gateIds: tb.gateIds)
-        var parts = LossParts()
-        // classification (rows with a label), logit replay, anchoring
-        if dlogits.count < B * V { dlogits = [Float](repeating: 0, count: B * V); targetsBuf = dlogits }
-        if losses.count < B { losses = [Float](repeating: 0, count: B) }
-        if dpooled.count < B * C { dpooled = [Float](repeating: 0, count: B * C) }
-        for i in 0..<(B * C) { dpooled[i] = 0 }
-        let ceRows = tb.labels.filter { $0 >= 0 }.count
-        var labels = tb.labels, ceW = [Float](repeating: 0, count: B)
-        for b in 0..<B {
-            if labels[b] < 0 { labels[b] = tb.rangeLo[b] } else { ceW[b] = weights.classification / Float(max(ceRows, 1)) }
-        }
-        let rc = dr_softmax_xent_forward_backward(&losses, &dlogits, nil, logitsBuf, labels, tb.rangeLo, tb.rangeHi, ceW, Int64(B), Int64(V))
-        guard rc == DR_OK else { throw TrainingError.invalidBatch("a label lies outside its domain's class range (code \(rc))") }
-        for b in 0..<B where tb.labels[b] >= 0 { parts.classification += Double(losses[b]) * Double(ceW[b]) }
-        let replayRows = tb.logitTargets.filter { $0 != nil }.count
-        if replayRows > 0 && weights.logitReplay > 0 {
-            var w = [Float](repeating: 0, count: B)
-            for b in 0..<B {
-                guard let t = tb.logitTargets[b] else { continue }
-                let lo = Int((tb.logitLo ?? tb.rangeLo)[b])
-                precondition(t.count == Int((tb.logitHi ?? tb.rangeHi)[b]) - lo, "stored logits do not match the class range")
-                for j in 0..<t.count { targetsBuf[b * V + lo + j] = t[j] }
-                w[b] = weights.logitReplay / Float(replayRows)
-            }
-            parts.logitReplay = dr_mse_forward_backward(&dlogits, logitsBuf, targetsBuf, tb.logitLo ?? tb.rangeLo, tb.logitHi ?? tb.rangeHi,
-                                                        w, Int64(B), Int64(V))
-        }
-        let anchorRows = tb.anchorTargets.filter { $0 != nil }.count
-        if anchorRows > 0 && weights.anchor > 0 {
-            var t = [Float](repeating: 0, count: B * C), w = [Float](repeating: 0, count: B)
-            for b in 0..<B {
-                guard let a = tb.anchorTargets[b] else { continue }
-                for j in 0..<C { t[b * C + j] = a[j] }
-                w[b] = weights.anchor / Float(anchorRows)
-            }
-            parts.anchor = dr_mse_forward_backward(&dpooled, pooledBuf, t, nil, nil, w, Int64(B), Int64(C))
-        }
-        // heads backward: dpooled += dlogits·head.w; d head.w += dlogitsᵀ·pooled; d head.b += Σ rows
-        let headTrains = store.tensor(TensorName.headWeight).trainable
-        dr_matmul_backward(&dpooled, headTrains ? store.grad(TensorName.headWeight) : nil, headTrains ? store.grad(TensorName.headBias) : nil,
-                           dlogits, pooledBuf, store.value(TensorName.headWeight), Int64(B), Int64(C), Int64(V))
-        // encoder backward
-        let stop = firstTrainableLayer
-        if stop < config.layers || !adapterLayers.isEmpty {
-            if dtop.count < N * C { dtop = [Float](repeating: 0, count: N * C) }
-            for i in 0..<(N * C) { dtop[i] = 0 }
-            batch.cuSeqlens.withUnsafeBufferPointer { cu in
-                dr_mean_pool_backward(&dtop, dpooled, cu.baseAddress, Int64(B), Int64(C))
-            }
-            var cfg = config.kernelConfig
-            let maxT = (0..<B).map { batch.length($0) }.max() ?? 1
-            tb.gateIds.withUnsafeBufferPointer { gids in
-                withExt(gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, xg in
-                    let need = dr_bert_backward_scratch_size(&cfg, ext, Int64(N), Int64(B), Int64(maxT))
-                    if need > bwdScratch.count { bwdScratch = FloatArena(count: Int(need)) }
-                    var p = baseParams
-                    batch.tokenIds.withUnsafeBufferPointer { ids in
-                        batch.cuSeqlens.withUnsafeBufferPointer { cu in
-                            if spec.fullFineTune {
-                                var g = baseGrads
-                                dr_bert_backward(&g, xg, nil, bwdScratch.base, dtop, &workspace.acts, &xacts, &p, ext, &cfg,
-                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
-                            } else {
-                                dr_bert_backward(nil, xg, nil, bwdScratch.base, dtop, &workspace.acts, &xacts, &p, ext, &cfg,
-                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        var parts = try chunking.map { try $0.gradients(self, tb, norms) } ?? passGradients(tb, norms, in: main)
         // O-LoRA: the newest set's A matrices orthogonal to all earlier ones. Σ|A_old·A_newᵀ| is
         // separable over the earlier sets' rows, so each frozen set is read in place (no stacking).
         if spec.loraPerDomain && loraSets > 1 && weights.orthogonality > 0 {
@@ -179,5 +117,98 @@ extension ContinualModel {
             }
         }
         return parts
+    }
+}
+
+extension ContinualModel {
+    /// The pass of one batch (or one chunk of a batch) in `ctx`: forward, losses weighted by the
+    /// whole batch's `norms`, backward; gradients ADDED into the context's gradients.
+    func passGradients(_ tb: TrainingBatch, _ norms: LossNormalizers, in ctx: PassContext) throws -> LossParts {
+        let B = tb.count, C = config.hidden, V = classCount
+        let batch = PackedBatch(tb.sequences)
+        let N = batch.tokenCount
+        forward(batch, gateIds: tb.gateIds, in: ctx)
+        var parts = LossParts()
+        // classification (rows with a label), logit replay, anchoring
+        if ctx.dlogits.count < B * V { ctx.dlogits = [Float](repeating: 0, count: B * V); ctx.targetsBuf = ctx.dlogits }
+        if ctx.losses.count < B { ctx.losses = [Float](repeating: 0, count: B) }
+        if ctx.dpooled.count < B * C { ctx.dpooled = [Float](repeating: 0, count: B * C) }
+        for i in 0..<(B * C) { ctx.dpooled[i] = 0 }
+        var labels = tb.labels, ceW = [Float](repeating: 0, count: B)
+        for b in 0..<B {
+            if labels[b] < 0 { labels[b] = tb.rangeLo[b] } else { ceW[b] = norms.classification }
+        }
+        let rc = dr_softmax_xent_forward_backward(&ctx.losses, &ctx.dlogits, nil, ctx.logitsBuf, labels, tb.rangeLo, tb.rangeHi, ceW, Int64(B), Int64(V))
+        guard rc == DR_OK else { throw TrainingError.invalidBatch("a label lies outside its domain's class range (code \(rc))") }
+        for b in 0..<B where tb.labels[b] >= 0 { parts.classification += Double(ctx.losses[b]) * Double(ceW[b]) }
+        if norms.logitReplay > 0, tb.logitTargets.contains(where: { $0 != nil }) {
+            var w = [Float](repeating: 0, count: B)
+            for b in 0..<B {
+                guard let t = tb.logitTargets[b] else { continue }
+                let lo = Int((tb.logitLo ?? tb.rangeLo)[b])
+                precondition(t.count == Int((tb.logitHi ?? tb.rangeHi)[b]) - lo, "stored logits do not match the class range")
+                for j in 0..<t.count { ctx.targetsBuf[b * V + lo + j] = t[j] }
+                w[b] = norms.logitReplay
+            }
+            parts.logitReplay = dr_mse_forward_backward(&ctx.dlogits, ctx.logitsBuf, ctx.targetsBuf, tb.logitLo ?? tb.rangeLo, tb.logitHi ?? tb.rangeHi,
+                                                        w, Int64(B), Int64(V))
+        }
+        if norms.anchor > 0, tb.anchorTargets.contains(where: { $0 != nil }) {
+            var t = [Float](repeating: 0, count: B * C), w = [Float](repeating: 0, count: B)
+            for b in 0..<B {
+                guard let a = tb.anchorTargets[b] else { continue }
+                for j in 0..<C { t[b * C + j] = a[j] }
+                w[b] = norms.anchor
+            }
+            parts.anchor = dr_mse_forward_backward(&ctx.dpooled, ctx.pooledBuf, t, nil, nil, w, Int64(B), Int64(C))
+        }
+        // heads backward: dpooled += dlogits·head.w; d head.w += dlogitsᵀ·pooled; d head.b += Σ rows
+        let headTrains = store.tensor(TensorName.headWeight).trainable
+        dr_matmul_backward(&ctx.dpooled, headTrains ? ctx.grad(store, TensorName.headWeight) : nil, headTrains ? ctx.grad(store, TensorName.headBias) : nil,
+                           ctx.dlogits, ctx.pooledBuf, store.value(TensorName.headWeight), Int64(B), Int64(C), Int64(V))
+        // encoder backward
+        let stop = firstTrainableLayer
+        if stop < config.layers || !adapterLayers.isEmpty {
+            if ctx.dtop.count < N * C { ctx.dtop = [Float](repeating: 0, count: N * C) }
+            for i in 0..<(N * C) { ctx.dtop[i] = 0 }
+            batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                dr_mean_pool_backward(&ctx.dtop, ctx.dpooled, cu.baseAddress, Int64(B), Int64(C))
+            }
+            var cfg = config.kernelConfig
+            let maxT = (0..<B).map { batch.length($0) }.max() ?? 1
+            tb.gateIds.withUnsafeBufferPointer { gids in
+                withExt(ctx, gateIds: gids.baseAddress, probs: nil, dP: nil) { ext, xg in
+                    let need = dr_bert_backward_scratch_size(&cfg, ext, Int64(N), Int64(B), Int64(maxT))
+                    if need > ctx.bwdScratch.count { ctx.bwdScratch = FloatArena(count: Int(need)) }
+                    var p = baseParams
+                    batch.tokenIds.withUnsafeBufferPointer { ids in
+                        batch.cuSeqlens.withUnsafeBufferPointer { cu in
+                            if spec.fullFineTune {
+                                dr_bert_backward(&ctx.baseGrads, xg, nil, ctx.bwdScratch.base, ctx.dtop, &ctx.workspace.acts, &ctx.xacts, &p, ext, &cfg,
+                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
+                            } else {
+                                dr_bert_backward(nil, xg, nil, ctx.bwdScratch.base, ctx.dtop, &ctx.workspace.acts, &ctx.xacts, &p, ext, &cfg,
+                                                 ids.baseAddress, nil, cu.baseAddress, Int64(B), Int64(stop))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return parts
+    }
+}
+
+/// Per-row loss weights of a batch: each loss is a mean over the rows that carry it, so a chunk
+/// of the batch weighs its rows by the whole batch's counts.
+struct LossNormalizers {
+    var classification: Float, logitReplay: Float, anchor: Float
+    init(_ tb: TrainingBatch, _ weights: LossWeights) {
+        let ceRows = tb.labels.filter { $0 >= 0 }.count
+        let replayRows = tb.logitTargets.filter { $0 != nil }.count
+        let anchorRows = tb.anchorTargets.filter { $0 != nil }.count
+        classification = weights.classification / Float(max(ceRows, 1))
+        logitReplay = replayRows > 0 && weights.logitReplay > 0 ? weights.logitReplay / Float(replayRows) : 0
+        anchor = anchorRows > 0 && weights.anchor > 0 ? weights.anchor / Float(anchorRows) : 0
     }
 }
