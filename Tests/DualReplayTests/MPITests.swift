@@ -149,7 +149,8 @@ import Glibc
     // MARK: - experiment grids
 
     /// A small grid: 2 methods and 2 references over 2 orderings (8 runs) on 2 synthetic domains.
-    static func gridConfig(_ root: URL, name: String = "grid", orderings: Int = 2, methods: String? = nil, references: Bool = true) throws -> URL {
+    static func gridConfig(_ root: URL, name: String = "grid", orderings: Int = 2, methods: String? = nil, references: Bool = true,
+                           gradientChunk: Int = 0) throws -> URL {
         let model = try ReliabilityTests.model()
         let url = root.appendingPathComponent("\(name).json")
         let m = methods ?? #"[{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}, {"kind": "lora-replay", "lora": {"rank": 4}}]"#
@@ -157,7 +158,7 @@ import Glibc
         {"name": "\(name)", "model": "\(model.path)", "seed": 3, "latencySamples": 0, "orderings": \(orderings),
          "data": {"synthetic": {"domains": 2, "intentsPerDomain": 3, "trainPerIntent": 6, "valPerIntent": 2, "testPerIntent": 3, "seed": 5}},
          "training": {"epochs": 2, "batchSize": 8, "learningRate": 0.003, "bufferExamples": 12, "maxLength": 24,
-                      "routerTraining": {"epochs": 5}},
+                      "gradientChunk": \(gradientChunk), "routerTraining": {"epochs": 5}},
          "methods": \(m)\(references ? #", "references": [{"kind": "joint"}, {"kind": "single"}]"# : "")}
         """.utf8).write(to: url)
         return url
@@ -168,7 +169,7 @@ import Glibc
         func strip(_ v: Any) -> Any {
             if let d = v as? [String: Any] {
                 var out: [String: Any] = [:]
-                for (k, x) in d where !["createdAt", "trainSeconds", "evalSeconds", "trainExamplesPerSecond"].contains(k) { out[k] = strip(x) }
+                for (k, x) in d where !["createdAt", "timing", "trainSeconds", "evalSeconds", "trainExamplesPerSecond"].contains(k) { out[k] = strip(x) }
                 return out
             }
             if let a = v as? [Any] { return a.map(strip) }
@@ -255,6 +256,113 @@ import Glibc
         try #require(resumed.ok, "\(resumed.stderr)")
         #expect(resumed.stderr.contains("2 of 8 runs reused"), "\(resumed.stderr)")
         #expect(try Self.comparable(outDir.appendingPathComponent("results.json")) == Self.comparable(oneResults))
+    }
+
+    // MARK: - data-parallel training
+
+    /// Every batch of 8 rows in 4 chunks of 2: one process, then 2 ranks over TCP and 4 over
+    /// shared memory, each rank computing its chunks; the chunk gradients are added in chunk
+    /// order on every rank, so every number of every run is the one-process run's.
+    @Test func dataParallelRunMatchesTheOneProcessRun() throws {
+        let root = try TestPaths.tempDir()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let cfg = try Self.gridConfig(root, name: "data", orderings: 1, methods: #"[{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]"#,
+                                      references: false, gradientChunk: 2)
+        func args(_ out: String) -> [String] { ["run", "--config", cfg.path, "--threads", "1", "--out", root.appendingPathComponent(out).path] }
+        let one = try Self.run(0, args("one"), logs: root)
+        try #require(one.ok, "\(one.stderr)")
+        let reference = root.appendingPathComponent("one/results.json")
+        for (ranks, transport) in [(2, Transport.tcpLoopback), (4, .sharedMemory)] {
+            let r = try Self.run(ranks, args("data-\(ranks)"), transport: transport, logs: root)
+            try #require(r.ok, "\(ranks) ranks: \(r.stderr)")
+            let got = root.appendingPathComponent("data-\(ranks)/results.json")
+            #expect(try Self.matrices(got) == Self.matrices(reference), "\(ranks) ranks: R matrices differ")
+            #expect(try Self.comparable(got) == Self.comparable(reference), "\(ranks) ranks: results.json differs")
+            #expect(r.stderr.contains("on \(ranks) MPI ranks (data)"), "\(r.stderr)")
+        }
+        // more ranks than chunks in a batch: refused before anything trains
+        let five = try Self.run(5, args("five"), logs: root, timeout: 120)
+        #expect(!five.ok && five.stderr.contains("5 ranks for 4 gradient chunks per batch"), "\(five.stderr)")
+    }
+
+    /// An onboarding job (2 domains, checkpoints every 2 steps) with chunked gradients.
+    static func onboardJob(_ root: URL) throws -> (URL, Bool) -> [String] {
+        let model = try ReliabilityTests.model()
+        let files = try ResumeTests.writeDomains(root)
+        let general = root.appendingPathComponent("general.jsonl")
+        try Data(SyntheticCorpus.generalText(count: 40, seed: 2).map { "{\"text\": \"\($0)\"}\n" }.joined().utf8).write(to: general)
+        let config = root.appendingPathComponent("onboard.json")
+        try Data("""
+        {"name": "onboard", "seed": 3, "latencySamples": 0, "data": {"synthetic": {"domains": 2}},
+         "training": {"epochs": 2, "batchSize": 8, "learningRate": 0.002, "bufferExamples": 12, "gradientChunk": 2},
+         "methods": [{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]}
+        """.utf8).write(to: config)
+        return { dir, resume in
+            ["onboard", "--init", "--config", config.path, "--general", general.path, "--model", model.path, "--threads", "1",
+             "--state", dir.path, "--checkpoint-every", "2"] + files.flatMap { ["--domain", $0] } + (resume ? ["--resume"] : [])
+        }
+    }
+
+    /// `mpirun -np 1|2|4 dualreplay onboard` writes the one-process state byte for byte; a rank
+    /// killed in the second domain stops the job, and `--resume` on another rank count continues
+    /// from rank 0's checkpoint to the same bytes; a second job on the same state is refused
+    /// while the first holds the lock, and a lock left by a killed job does not block.
+    @Test func dataParallelOnboardingIsBitIdenticalAcrossRankCounts() throws {
+        let root = try TestPaths.tempDir()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let job = try Self.onboardJob(root)
+        let reference = root.appendingPathComponent("one")
+        let one = try Self.run(0, job(reference, false), logs: root)
+        try #require(one.ok, "\(one.stderr)")
+        let ref = try StateTests.files(reference)
+        for ranks in [1, 2, 4] {
+            let dir = root.appendingPathComponent("ranks-\(ranks)")
+            let r = try Self.run(ranks, job(dir, false), transport: ranks == 2 ? .tcpLoopback : .sharedMemory, logs: root)
+            try #require(r.ok, "\(ranks) ranks: \(r.stderr)")
+            let got = try StateTests.files(dir)
+            #expect(got["params.safetensors"] == ref["params.safetensors"], "\(ranks) ranks: parameters differ")
+            #expect(got["buffer.json"] == ref["buffer.json"], "\(ranks) ranks: buffer differs")
+            let metrics = try JSONDecoder().decode([MetricsRow].self, from: got["metrics.json"]!)
+            let refMetrics = try JSONDecoder().decode([MetricsRow].self, from: ref["metrics.json"]!)
+            #expect(metrics.map(\.routedF1) == refMetrics.map(\.routedF1) && metrics.map(\.oracleF1) == refMetrics.map(\.oracleF1))
+            #expect(r.stdout.components(separatedBy: "## Onboarded").count == 3, "rank 0 alone prints the two diffs: \(r.stdout)")
+        }
+
+        // 24 rows per domain, 6 new per batch: 8 steps per domain; rank 1 dies at step 11 (domain 2, after its checkpoint of step 2)
+        let killedDir = root.appendingPathComponent("killed")
+        let killed = try Self.run(2, job(killedDir, false), wrap: #"[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export DR_CRASH_AT=step:11; true"#,
+                                  logs: root, timeout: 120)
+        #expect(!killed.ok, "\(killed.stderr)")
+        #expect(FileManager.default.fileExists(atPath: OnboardingCheckpoint.url(in: killedDir).path), "rank 0's checkpoint")
+        let resumed = try Self.run(4, job(killedDir, true), logs: root)
+        try #require(resumed.ok, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("resumed at step"), "\(resumed.stderr)")
+        #expect(try StateTests.files(killedDir)["params.safetensors"] == ref["params.safetensors"], "killed on 2 ranks, resumed on 4: parameters differ")
+
+        // one writer: a job frozen while holding the lock (rank 0 stops itself) refuses a second job, naming it
+        let lockedDir = root.appendingPathComponent("locked")
+        let first = try Self.start(2, job(lockedDir, false), wrap: #"[ "$OMPI_COMM_WORLD_RANK" = 0 ] && export DR_CRASH_AT=stop:3; echo $$ > \#(root.path)/rank$OMPI_COMM_WORLD_RANK; true"#,
+                                   logs: root)
+        let t0 = Date()
+        var frozen = false
+        while !frozen && Date().timeIntervalSince(t0) < 120 {
+            usleep(100_000)
+            if let pid = try? String(contentsOf: root.appendingPathComponent("rank0"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+               let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) {
+                frozen = stat.split(separator: ")").last?.split(separator: " ").first == "T"
+            }
+        }
+        try #require(frozen, "rank 0 of the first job never stopped")
+        let second = try Self.run(2, job(lockedDir, true), logs: root, timeout: 120)
+        let holder = try String(contentsOf: root.appendingPathComponent("rank0"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!second.ok && second.stderr.contains("locked by another dualreplay run: pid \(holder)"), "\(second.stderr)")
+        #expect(second.stderr.components(separatedBy: "locked by another").count == 2, "reported once: \(second.stderr)")
+        kill(Int32(holder)!, SIGKILL)
+        _ = try Self.finish(first, timeout: 60)
+        let after = try Self.run(2, job(lockedDir, true), logs: root)
+        try #require(after.ok, "\(after.stderr)")
+        #expect(after.stderr.contains("took over the state lock of pid \(holder)"), "\(after.stderr)")
+        #expect(try StateTests.files(lockedDir)["params.safetensors"] == ref["params.safetensors"])
     }
 
     // MARK: - launcher errors
