@@ -6,9 +6,10 @@ import Glibc
 #endif
 
 /// MPI on one machine (docs/CLUSTER.md): the launcher detection, every collective through real
-/// `mpirun` jobs of the built `dualreplay` (shared memory and TCP on loopback), grids spread over
-/// 2 and 4 ranks against the one-process run, a rank killed with SIGKILL (the job stops within
-/// seconds, nothing half-written) then resumed with another rank count, and the launcher errors.
+/// `mpirun` jobs of the built `dualreplay` (shared memory and TCP on loopback), grids,
+/// data-parallel runs and onboardings on 1 to 4 ranks against the one-process run, a rank
+/// killed with SIGKILL (the job stops within seconds, nothing half-written) then resumed with
+/// another rank count, the state lock across jobs, and the launcher errors.
 @Suite(.serialized) struct MPITests {
     // MARK: - launcher detection (no MPI involved)
 
@@ -204,7 +205,8 @@ import Glibc
         let reference = try Self.comparable(oneResults)
         let refMatrices = try Self.matrices(oneResults)
         #expect(refMatrices.count == 2 * (2 * 2 + 2))  // joint + 4 method runs have matrices; single does not
-        for (ranks, transport) in [(2, Transport.tcpLoopback), (4, .sharedMemory)] {
+        // 2 ranks over TCP here; the resume test below finishes a grid on 3 ranks over shared memory
+        for (ranks, transport) in [(2, Transport.tcpLoopback)] {
             let out = "grid-\(ranks)"
             let r = try Self.run(ranks, args(out, ["--parallel", "grid"]), transport: transport, logs: root)
             try #require(r.ok, "\(ranks) ranks: \(r.stderr)")
@@ -260,8 +262,8 @@ import Glibc
 
     // MARK: - data-parallel training
 
-    /// Every batch of 8 rows in 4 chunks of 2: one process, then 2 ranks over TCP and 4 over
-    /// shared memory, each rank computing its chunks; the chunk gradients are added in chunk
+    /// Every batch of 8 rows in 4 chunks of 2: one process, then 3 ranks, each computing its
+    /// block of chunks; the chunk gradients are added in chunk
     /// order on every rank, so every number of every run is the one-process run's.
     @Test func dataParallelRunMatchesTheOneProcessRun() throws {
         let root = try TestPaths.tempDir()
@@ -272,7 +274,8 @@ import Glibc
         let one = try Self.run(0, args("one"), logs: root)
         try #require(one.ok, "\(one.stderr)")
         let reference = root.appendingPathComponent("one/results.json")
-        for (ranks, transport) in [(2, Transport.tcpLoopback), (4, .sharedMemory)] {
+        // 3 ranks: blocks of 1, 1 and 2 chunks (the onboarding test below runs 1, 2 and 4 ranks)
+        for (ranks, transport) in [(3, Transport.sharedMemory)] {
             let r = try Self.run(ranks, args("data-\(ranks)"), transport: transport, logs: root)
             try #require(r.ok, "\(ranks) ranks: \(r.stderr)")
             let got = root.appendingPathComponent("data-\(ranks)/results.json")
