@@ -14,7 +14,7 @@ COPT    := -Xcc -O3 -Xcc -march=native -Xcc -fno-math-errno
 RELEASE := swift build -c release $(COPT)
 BIN      = $(shell swift build -c release --show-bin-path)
 
-APT_PKGS := libopenblas-dev liblapacke-dev pkg-config
+APT_PKGS := libopenblas-dev liblapacke-dev pkg-config libopenmpi-dev openmpi-bin
 
 .PHONY: setup deps model version build test bench demo fuzz clean reference-venv bench-reference bench-job chromium report-check report-screenshot
 

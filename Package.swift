@@ -19,6 +19,21 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
         ),
+        // Open MPI through pkg-config (`ompi-c`), reached only through the C shim below: Swift
+        // never includes mpi.h (MPI_COMM_WORLD, MPI_FLOAT, MPI_IN_PLACE are macros).
+        .systemLibrary(
+            name: "CMPI",
+            path: "Sources/CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
+        .target(
+            name: "CMPIShim",
+            dependencies: ["CMPI"],
+            path: "Sources/CMPIShim",
+            sources: ["src"],
+            publicHeadersPath: "include"
+        ),
         // The C kernels: encoder, attention, adapter, LoRA, router, losses, optimizer.
         .target(
             name: "CKernels",
@@ -30,7 +45,7 @@ let package = Package(
         ),
         .target(
             name: "DualReplay",
-            dependencies: ["CKernels", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CKernels", "CMPIShim", .product(name: "Yams", package: "Yams")],
             path: "Sources/DualReplay"
         ),
         .executableTarget(

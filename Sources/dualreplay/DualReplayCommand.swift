@@ -8,8 +8,28 @@ struct DualReplayCommand: ParsableCommand {
         commandName: "dualreplay",
         abstract: "Continual fine-tuning of a frozen BERT encoder with a domain-gated adapter and dual-stream replay.",
         subcommands: [RunCommand.self, DemoCommand.self, EmbedCommand.self, OnboardCommand.self, PredictCommand.self, ExportCommand.self,
-                      StateCommand.self, RollbackCommand.self, ReportCommand.self, RemediateCommand.self]
+                      StateCommand.self, RollbackCommand.self, ReportCommand.self, RemediateCommand.self, MPICheckCommand.self]
     )
+
+    /// ArgumentParser's main, plus the MPI job's end: MPI_Finalize after a run every rank
+    /// finished alike, one report of a failure every rank saw, an abort of the whole job for a
+    /// failure of one rank (`JobEnd`).
+    static func main() {
+        let command: ParsableCommand
+        do {
+            command = try parseAsRoot()
+            try JobEnd.checkVerb(command)
+        } catch {
+            JobEnd.exit(with: error)
+        }
+        do {
+            var c = command
+            try c.run()
+        } catch {
+            JobEnd.exit(with: error)
+        }
+        Cluster.finish()
+    }
 }
 
 /// Options every verb that opens a model shares.

@@ -161,53 +161,66 @@ struct OnboardCommand: ParsableCommand {
         }
     }
 
+    /// Under MPI every rank trains the same model on its share of each batch (data-parallel,
+    /// `training.gradientChunk`); rank 0 alone holds the lock, writes checkpoints and versions
+    /// and prints; the others read the same files (a directory every rank sees).
     func run() throws {
+        let job = try Cluster.collective()
+        let lead = job.rank == 0
+        Parallelism.collective = job
         let dir = stateOptions.directory
         let checkpointURL = OnboardingCheckpoint.url(in: dir)
         // one writer at a time, for the whole run: taken before anything is read
-        let lock = try lockState(dir, verb: "onboard" + (`init` ? " --init" : "") + (resume ? " --resume" : ""), create: `init`)
-        defer { lock.release() }
-        try StateDirectory.checkWritable(dir)
+        let lock = try job.agree { lead ? try lockState(dir, verb: "onboard" + (`init` ? " --init" : "") + (resume ? " --resume" : ""), create: `init`) : nil }
+        defer { lock?.release() }
+        try job.agree { if lead { try StateDirectory.checkWritable(dir) } }
         // every file is read and checked before the model is loaded and anything trains
         let urls = domain.map { URL(fileURLWithPath: $0) }
-        let domains = try urls.map { try Self.loadDomainFile($0) }
-        var names = Set<String>()
-        for (d, u) in zip(domains, urls) where !names.insert(d.name).inserted {
-            throw StateError.invalidDomain(file: u.path, reason: "domain \"\(DisplayText.escaped(d.name))\" is given twice")
+        let domains = try job.agree {
+            let domains = try urls.map { try Self.loadDomainFile($0) }
+            var names = Set<String>()
+            for (d, u) in zip(domains, urls) where !names.insert(d.name).inserted {
+                throw StateError.invalidDomain(file: u.path, reason: "domain \"\(DisplayText.escaped(d.name))\" is given twice")
+            }
+            return domains
         }
-        let state: ContinualState
-        if `init` && !(resume && StateDirectory.exists(dir)) {
-            guard !StateDirectory.exists(dir) else { throw StateError.alreadyExists(path: dir.path) }
-            state = try createState()
-        } else {
-            state = try stateOptions.open()
+        let state: ContinualState = try job.agree {
+            if `init` && !(resume && StateDirectory.exists(dir)) {
+                guard !StateDirectory.exists(dir) else { throw StateError.alreadyExists(path: dir.path) }
+                return try createState()
+            }
+            return try stateOptions.open()
+        }
+        if job.size > 1 {
+            try checkDataParallel(chunk: (state.manifest.config.training ?? TrainingDefaults()).gradientChunk,
+                                  batchSizes: [state.settings.batchSize], ranks: job.size)
         }
         let known = Set(state.manifest.domains.map(\.name))
         if !resume, let (d, u) = zip(domains, urls).first(where: { known.contains($0.0.name) }) {
             throw StateError.domainExists(name: d.name, file: u.path)
         }
-        var pending: OnboardingCheckpoint? = nil
-        if FileManager.default.fileExists(atPath: checkpointURL.path) {
+        let pendingFound: OnboardingCheckpoint? = try job.agree {
+            guard FileManager.default.fileExists(atPath: checkpointURL.path) else { return nil }
             let c = try OnboardingCheckpoint.read(checkpointURL)
             if c.baseVersion < state.manifest.version && known.contains(c.domain) {
-                // killed after its version was saved, before the checkpoint was removed: stale
-                try? FileManager.default.removeItem(at: checkpointURL)
+                return nil  // killed after its version was saved, before the checkpoint was removed: stale
             } else if !resume {
                 throw CheckpointError.pending(file: checkpointURL.path, domain: c.domain, step: c.phase.progress.step, total: c.phase.progress.total)
-            } else {
-                pending = c
             }
+            return c
         }
+        var pending = pendingFound
+        if lead, pending == nil, FileManager.default.fileExists(atPath: checkpointURL.path) { try? FileManager.default.removeItem(at: checkpointURL) }
         Interrupt.shared.install()
         let crashHook = CrashInjection.install(ProcessInfo.processInfo.environment[CrashInjection.environmentVariable])
-        state.progress = { printError($0) }
+        if lead { state.progress = { printError($0) } }
         for (d, u) in zip(domains, urls) {
             if known.contains(d.name) {
-                printError("dualreplay: domain \"\(DisplayText.escaped(d.name))\" is already in version \(state.manifest.version): skipped (--resume)")
+                if lead { printError("dualreplay: domain \"\(DisplayText.escaped(d.name))\" is already in version \(state.manifest.version): skipped (--resume)") }
                 continue
             }
-            var plan = ContinualState.CheckpointPlan(url: checkpointURL, every: checkpointEvery,
-                                                     shouldStop: { Interrupt.shared.requested }, afterStep: crashHook)
+            var plan = ContinualState.CheckpointPlan(url: checkpointURL, every: checkpointEvery, shouldStop: agreedStop(job), afterStep: crashHook)
+            plan.writes = lead
             if let c = pending {
                 guard c.domain == d.name else {
                     throw CheckpointError.doesNotMatch(file: checkpointURL.path, reason: "it continues domain \"\(DisplayText.escaped(c.domain))\", "
@@ -220,12 +233,17 @@ struct OnboardCommand: ParsableCommand {
             do {
                 diff = try state.onboard(d, source: u.path, checkpoint: plan)
             } catch RunnerError.interrupted(let name, let step, let total) {
-                printError("dualreplay: stopped in domain \"\(DisplayText.escaped(name))\" at step \(step)/\(total); checkpoint \(checkpointURL.path)")
-                printError("dualreplay: rerun the same command with --resume to continue")
+                if lead {
+                    printError("dualreplay: stopped in domain \"\(DisplayText.escaped(name))\" at step \(step)/\(total); checkpoint \(checkpointURL.path)")
+                    printError("dualreplay: rerun the same command with --resume to continue")
+                }
                 throw ExitCode(130)
             }
-            let version = try state.save(to: dir)
+            let saved = try job.agree { lead ? try state.save(to: dir) : 0 }
+            let version = Int(try job.allGather(UInt64(saved))[0])
+            if !lead { state.markSaved(as: version) }
             diff.toVersion = version  // above fromVersion + 1 after a rollback
+            guard lead else { continue }
             try? FileManager.default.removeItem(at: checkpointURL)
             printError("dualreplay: saved \(dir.path)/versions/\(String(format: "%06d", version))")
             if json {
@@ -236,7 +254,7 @@ struct OnboardCommand: ParsableCommand {
                 print(Self.render(diff))
             }
             writeReport(dir)
-            if Interrupt.shared.requested {
+            if Interrupt.shared.requested && job.size == 1 {
                 printError("dualreplay: stopped after saving version \(version); rerun with --resume for the remaining domains")
                 throw ExitCode(130)
             }

@@ -41,12 +41,30 @@ public final class ChunkedReduction {
 
     static let lossFloats = 8
 
-    func gradients(_ m: ContinualModel, _ tb: TrainingBatch, _ norms: LossNormalizers) throws -> LossParts {
-        let all = chunks(rows: tb.count), n = all.count, size = collective.size
-        guard size <= n else {
-            throw TrainingError.invalidBatch("\(size) ranks but a batch of \(tb.count) rows has only \(n) chunks of \(chunkSize): use fewer ranks or a smaller gradientChunk")
+    /// Every `consistencyCheckEvery` steps (0: never) the ranks compare a hash of their trainable
+    /// parameters with rank 0's: ranks that drifted apart (another build, data or model on a
+    /// node) stop the job with `JobError.diverged` instead of training on silently.
+    public var consistencyCheckEvery = 50
+    private var stepsSeen = 0
+
+    func checkConsistency(_ m: ContinualModel, _ segments: [(offset: Int, count: Int, decay: Bool)]) throws {
+        defer { stepsSeen += 1 }
+        guard collective.size > 1, consistencyCheckEvery > 0, stepsSeen % consistencyCheckEvery == 0 else { return }
+        var h = FNV1a()
+        let v = m.store.values.base
+        for s in segments { h.add(UnsafeRawBufferPointer(start: v + s.offset, count: s.count * MemoryLayout<Float>.size)) }
+        let all = try collective.allGather(h.value)
+        if let r = all.firstIndex(where: { $0 != all[0] }) {
+            throw JobError.diverged(rank: r, step: stepsSeen, hash: all[r], rootHash: all[0])
         }
+    }
+
+    func gradients(_ m: ContinualModel, _ tb: TrainingBatch, _ norms: LossNormalizers) throws -> LossParts {
+        // a short batch (an epoch's last) may have fewer chunks than ranks: the ranks past them
+        // contribute nothing (the CLI refuses more ranks than a full batch has chunks)
+        let all = chunks(rows: tb.count), n = all.count, size = collective.size
         let segments = m.store.trainableSegments { $0.group != "router" }
+        try checkConsistency(m, segments)
         let P = segments.reduce(0) { $0 + $1.count }, stride = P + Self.lossFloats
         let mine = Array(block(ofRank: collective.rank, chunkCount: n))
         let T = min(threads, max(mine.count, 1))

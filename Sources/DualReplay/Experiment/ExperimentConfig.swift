@@ -8,6 +8,15 @@ public enum EvalSplit: String, Codable, CaseIterable, Sendable {
     public var split: Split { self == .val ? .val : .test }
 }
 
+/// How the ranks of an MPI job share an experiment (docs/CLUSTER.md). It never changes results,
+/// so it is not part of the protocol.
+public enum ParallelMode: String, Codable, CaseIterable, Sendable {
+    /// Every rank trains every run together, each on its share of every batch.
+    case data
+    /// The (method, ordering, reference) runs are spread over the ranks, whole runs each.
+    case grid
+}
+
 /// A whole experiment: data, methods, orderings. JSON or YAML; docs/CONFIG.md.
 public struct ExperimentConfig: Codable, Equatable, Sendable {
     /// 2: methods as nested blocks (`adapter`, `router`, ...); 1 was the flat method format.
@@ -35,6 +44,8 @@ public struct ExperimentConfig: Codable, Equatable, Sendable {
     public var diagnostics: Bool?
     /// Training rows per domain the probe is fitted on.
     public var probeTrainPerDomain: Int?
+    /// Under MPI: `data` (default) or `grid` (`--parallel` overrides).
+    public var parallel: ParallelMode?
 
     public init(name: String, model: String? = nil, data: DataConfig, methods: [MethodConfig]) {
         self.name = name
@@ -115,7 +126,7 @@ public struct ExperimentConfig: Codable, Equatable, Sendable {
 extension ExperimentConfig {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case schemaVersion, name, model, data, methods, references, orderings, orderingSeeds, seed, threads, evalSplit, training,
-             latencySamples, diagnostics, probeTrainPerDomain
+             latencySamples, diagnostics, probeTrainPerDomain, parallel
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
@@ -132,5 +143,6 @@ extension ExperimentConfig {
         latencySamples = try c.decodeIfPresent(Int.self, forKey: .latencySamples)
         diagnostics = try c.decodeIfPresent(Bool.self, forKey: .diagnostics)
         probeTrainPerDomain = try c.decodeIfPresent(Int.self, forKey: .probeTrainPerDomain)
+        parallel = try c.decodeChoice(ParallelMode.self, forKey: .parallel)
     }
 }

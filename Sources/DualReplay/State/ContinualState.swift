@@ -123,6 +123,9 @@ public final class ContinualState {
         // the structure comes from the registry (no training is replayed); the values from the file
         let scenario = try makeScenario(mf, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
         let m = ContinualModel(base: encoder.weights, spec: mf.settings.spec, seed: 0)
+        // chunked gradients as `DomainTrainer.makeModel` sets them for a new state
+        let chunk = (mf.config.training ?? TrainingDefaults()).gradientChunk
+        if chunk > 0 { m.chunking = ChunkedReduction(chunkSize: chunk, threads: Parallelism.threads, collective: Parallelism.collective) }
         for d in scenario.domains { m.addDomain(name: d.name, intents: d.intents) }
         // the layout must match the saved one exactly: names, shapes, offsets
         let store = m.store
@@ -205,6 +208,9 @@ public final class ContinualState {
         public var resume: OnboardingCheckpoint?
         public var shouldStop: () -> Bool
         public var afterStep: ((Int) -> Void)?
+        /// false: no checkpoint file is written (ranks other than 0 of a data-parallel job, which
+        /// compute the same checkpoint as rank 0).
+        public var writes = true
 
         public init(url: URL, every: Int, resume: OnboardingCheckpoint? = nil, shouldStop: @escaping () -> Bool = { false },
                     afterStep: ((Int) -> Void)? = nil) {
@@ -268,10 +274,10 @@ public final class ContinualState {
                 trainer.loop.resume = r.phase
             }
             trainer.loop.checkpointEvery = plan.every
-            trainer.loop.onCheckpoint = { phase in
+            if plan.writes { trainer.loop.onCheckpoint = { phase in
                 try OnboardingCheckpoint(domain: domain.name, domainChecksum: sum, baseVersion: base, baseModel: model,
                                          configChecksum: config, phase: phase).write(to: plan.url)
-            }
+            } }
             trainer.loop.shouldStop = plan.shouldStop
             trainer.loop.afterStep = plan.afterStep
         }
@@ -373,6 +379,10 @@ public final class ContinualState {
 
     /// Saves a new version into `dir` and makes it current; returns its number.
     @discardableResult
+    /// Another process saved this very state as `version` (rank 0 of a data-parallel job, for
+    /// the other ranks, which hold the same state in memory but write nothing).
+    public func markSaved(as version: Int) { manifest.version = version }
+
     public func save(to dir: URL) throws -> Int {
         precondition(!manifest.domains.isEmpty, "save: no domain onboarded yet")
         let v = try StateDirectory.save(snapshot(), to: dir)
