@@ -28,8 +28,10 @@ enum JobEnd {
             Foundation.exit(DualReplayCommand.exitCode(for: error).rawValue)
         }
         if error is JobError || error is ExitCode || error is ValidationError {
+            if job.rank == 0, !(error is ExitCode) { printError("Error: " + DualReplayCommand.message(for: error)) }
+            // the others wait until rank 0 has reported: the launcher stops the job at the first non-zero exit
+            try? job.barrier()
             Cluster.finish()
-            if job.rank == 0 { DualReplayCommand.exit(withError: error) }
             Foundation.exit(DualReplayCommand.exitCode(for: error).rawValue)
         }
         printError("Error: rank \(job.rank) of \(job.size): \(DualReplayCommand.message(for: error)); stopping every rank of the job")
