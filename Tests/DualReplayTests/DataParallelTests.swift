@@ -74,10 +74,10 @@ import Testing
         }
     }
 
-    @Test(arguments: [2, 3, 4])
-    func chunkedStepsAreIdenticalForAnyRankCount(ranks: Int) throws {
+    /// Parameters each in-process rank ends with, one thread per rank (a dispatch pool may run
+    /// fewer at once, and ranks wait for each other); BLAS single-threaded for the whole group.
+    static func trainOnRanks(_ ranks: Int, chunkSize: Int, threads: @escaping (Int) -> Int) -> [[Float]] {
         let spec: (inout ModelSpec) -> Void = { $0.adapter = true }
-        let reference = try Self.train(spec, chunking: ChunkedReduction(chunkSize: 2, threads: 1))
         let group = LoopbackGroup(size: ranks)
         let saved = dr_blas_get_threads()
         dr_blas_set_threads(1)
@@ -85,43 +85,32 @@ import Testing
         final class Results: @unchecked Sendable { var byRank: [[Float]]; init(_ n: Int) { byRank = Array(repeating: [], count: n) } }
         let results = Results(ranks)
         let lock = NSLock(), done = DispatchGroup()
-        // one thread per rank (a dispatch pool may run fewer at once, and ranks wait for each other)
         for r in 0..<ranks {
             done.enter()
             Thread {
-                let out = try? Self.train(spec, chunking: ChunkedReduction(chunkSize: 2, threads: 1 + r % 2, collective: group.rank(r)), blasThreads: nil)
+                let out = try? Self.train(spec, chunking: ChunkedReduction(chunkSize: chunkSize, threads: threads(r), collective: group.rank(r)), blasThreads: nil)
                 lock.lock(); results.byRank[r] = out ?? []; lock.unlock()
                 done.leave()
             }.start()
         }
         done.wait()
-        for r in 0..<ranks { #expect(results.byRank[r] == reference, "rank \(r) of \(ranks) differs from the one-process run") }
+        return results.byRank
+    }
+
+    @Test(arguments: [2, 3, 4])
+    func chunkedStepsAreIdenticalForAnyRankCount(ranks: Int) throws {
+        let reference = try Self.train({ $0.adapter = true }, chunking: ChunkedReduction(chunkSize: 2, threads: 1))
+        let byRank = Self.trainOnRanks(ranks, chunkSize: 2) { 1 + $0 % 2 }
+        for r in 0..<ranks { #expect(byRank[r] == reference, "rank \(r) of \(ranks) differs from the one-process run") }
     }
 
     /// A batch with fewer chunks than ranks (an epoch's last, short batch) leaves the ranks past
     /// its chunks idle: same result. (Starting more ranks than a full batch has chunks is refused
     /// by the CLI, MPITests.)
     @Test func ranksPastAShortBatchsChunksIdle() throws {
-        let spec: (inout ModelSpec) -> Void = { $0.adapter = true }
-        let reference = try Self.train(spec, chunking: ChunkedReduction(chunkSize: 4, threads: 1))
-        let ranks = 6
-        let group = LoopbackGroup(size: ranks)
-        let saved = dr_blas_get_threads()
-        dr_blas_set_threads(1)
-        defer { dr_blas_set_threads(saved) }
-        final class Results: @unchecked Sendable { var byRank: [[Float]]; init(_ n: Int) { byRank = Array(repeating: [], count: n) } }
-        let results = Results(ranks)
-        let lock = NSLock(), done = DispatchGroup()
-        for r in 0..<ranks {
-            done.enter()
-            Thread {
-                let out = try? Self.train(spec, chunking: ChunkedReduction(chunkSize: 4, threads: 1, collective: group.rank(r)), blasThreads: nil)
-                lock.lock(); results.byRank[r] = out ?? []; lock.unlock()
-                done.leave()
-            }.start()
-        }
-        done.wait()
-        for r in 0..<ranks { #expect(results.byRank[r] == reference, "rank \(r) of \(ranks) differs from the one-process run") }
+        let reference = try Self.train({ $0.adapter = true }, chunking: ChunkedReduction(chunkSize: 4, threads: 1))
+        let byRank = Self.trainOnRanks(6, chunkSize: 4) { _ in 1 }
+        for r in 0..<6 { #expect(byRank[r] == reference, "rank \(r) of 6 differs from the one-process run") }
     }
 }
 
