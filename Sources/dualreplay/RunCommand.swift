@@ -125,6 +125,8 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
         throw ExitCode(130)
     }
     results.baseModel = BaseModelShape(encoder.weights)
+    results.ranks = job.size
+    results.parallel = job.size > 1 ? mode.rawValue : nil
     let md = ResultsReport.markdown(results)
     try job.agree {
         guard lead else { return }

@@ -165,12 +165,13 @@ import Glibc
         return url
     }
 
-    /// results.json without what may differ between two runs of one protocol: times and dates.
+    /// results.json without what may differ between two runs of one protocol: times, dates and
+    /// how many ranks shared the job.
     static func comparable(_ url: URL) throws -> Data {
         func strip(_ v: Any) -> Any {
             if let d = v as? [String: Any] {
                 var out: [String: Any] = [:]
-                for (k, x) in d where !["createdAt", "timing", "trainSeconds", "evalSeconds", "trainExamplesPerSecond"].contains(k) { out[k] = strip(x) }
+                for (k, x) in d where !["createdAt", "timing", "trainSeconds", "evalSeconds", "trainExamplesPerSecond", "ranks", "parallel"].contains(k) { out[k] = strip(x) }
                 return out
             }
             if let a = v as? [Any] { return a.map(strip) }

@@ -119,9 +119,13 @@ public struct ExperimentResults: Codable, Sendable {
     public var createdAt: String
     /// The base encoder's shape (the report's parameter audit); nil in results written before it.
     public var baseModel: BaseModelShape?
+    /// MPI ranks of the job and how they shared it (`data` or `grid`; nil: written before it was
+    /// recorded). Not part of the protocol: results do not depend on them.
+    public var ranks: Int?
+    public var parallel: String?
 
     enum CodingKeys: String, CodingKey {
-        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt, baseModel
+        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt, baseModel, ranks, parallel
     }
 }
 

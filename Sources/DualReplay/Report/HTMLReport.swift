@@ -100,7 +100,8 @@ public enum HTMLReport {
         ]
         if let b = r.baseModel { rows.append(("base model shape", "\(b.layers) layers, width \(b.hidden), \(b.parameters) weights")) }
         rows += [
-            ("threads and ranks", "\(p.threads) BLAS threads, 1 process (rank count not recorded by this results schema)"),
+            ("threads and ranks", "\(p.threads) threads per process, " + (r.ranks.map { $0 == 1 ? "1 process" : "\($0) MPI ranks (\(r.parallel ?? "data")-parallel)" }
+                                                                            ?? "1 process (rank count not recorded in these results)")),
             ("orderings", seeds.map { s in "seed \(s): " + (r.runs.first { $0.orderingSeed == s && $0.kind != .joint }?.domains.joined(separator: " → ") ?? "-") }
                 .joined(separator: "\n")),
             ("byte budget", "\(p.byteBudget) B"), ("eval split", (p.config.evalSplit ?? ConfigDefaults.evalSplit).rawValue),
