@@ -98,14 +98,7 @@ import Glibc
             p.arguments = launcher(ranks, transport) + cmd + args
         }
         p.environment = environment
-        let tag = UUID().uuidString
-        let out = logs.appendingPathComponent("out-\(tag)"), err = logs.appendingPathComponent("err-\(tag)")
-        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-        p.standardOutput = try FileHandle(forWritingTo: out)
-        p.standardError = try FileHandle(forWritingTo: err)
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
+        let (out, err) = try ReliabilityTests.launch(p, logs: logs)
         return (p, out, err, Date())
     }
 

@@ -38,6 +38,13 @@ import Glibc
         p.arguments = args
         p.environment = environment(env)
         if let cwd { p.currentDirectoryURL = cwd }
+        let (out, err) = try launch(p, logs: logs)
+        return (p, out, err)
+    }
+
+    /// Runs a configured process with stdout and stderr going to fresh files in `logs` and no
+    /// stdin; returns the two files (read them after exit).
+    static func launch(_ p: Process, logs: URL) throws -> (out: URL, err: URL) {
         let tag = UUID().uuidString
         let out = logs.appendingPathComponent("out-\(tag)"), err = logs.appendingPathComponent("err-\(tag)")
         _ = FileManager.default.createFile(atPath: out.path, contents: nil)
@@ -46,7 +53,7 @@ import Glibc
         p.standardError = try FileHandle(forWritingTo: err)
         p.standardInput = FileHandle.nullDevice
         try p.run()
-        return (p, out, err)
+        return (out, err)
     }
 
     static func finish(_ started: (Process, out: URL, err: URL)) throws -> Run {

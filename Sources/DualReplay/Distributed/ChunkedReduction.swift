@@ -83,11 +83,12 @@ public final class ChunkedReduction {
             for wave in Swift.stride(from: 0, to: mine.count, by: T) {
                 let width = min(T, mine.count - wave)
                 let body = { (t: Int) in
-                    let local = wave + t, ctx = m.workers[t]
-                    ctx.gradArena!.zero()
+                    let local = wave + t, ctx = m.workers[t], g = ctx.gradArena!.base
+                    // only the packed segments are read back, so only they need zeroing
+                    for s in segments { (g + s.offset).update(repeating: 0, count: s.count) }
                     do {
                         let parts = try m.passGradients(tb.rows(all[mine[local]]), norms, in: ctx)
-                        let g = ctx.gradArena!.base, o = base + local * stride
+                        let o = base + local * stride
                         var at = 0
                         for s in segments { (o + at).update(from: g + s.offset, count: s.count); at += s.count }
                         for (i, v) in [parts.classification, parts.logitReplay, parts.anchor, parts.orthogonality].enumerated() {

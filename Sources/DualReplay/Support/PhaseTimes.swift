@@ -22,7 +22,13 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
 
     public init() {}
 
-    public var total: Double { sgd + quotaValidation + buffer + realign + prototypes + router + evaluation + io }
+    /// Every phase, named as in `results.json`: the one list `total`, `+` and the coding use.
+    static let phases: [(name: String, key: WritableKeyPath<PhaseTimes, Double>)] = [
+        ("sgd", \.sgd), ("quotaValidation", \.quotaValidation), ("buffer", \.buffer), ("realign", \.realign),
+        ("prototypes", \.prototypes), ("router", \.router), ("evaluation", \.evaluation), ("io", \.io),
+    ]
+
+    public var total: Double { Self.phases.reduce(0) { $0 + self[keyPath: $1.key] } }
 
     /// Runs `body`, adding its wall time to `phase`.
     public mutating func time<T>(_ phase: WritableKeyPath<PhaseTimes, Double>, _ body: () throws -> T) rethrows -> T {
@@ -33,23 +39,25 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
 
     public static func + (a: PhaseTimes, b: PhaseTimes) -> PhaseTimes {
         var r = a
-        r.sgd += b.sgd; r.quotaValidation += b.quotaValidation; r.buffer += b.buffer; r.realign += b.realign
-        r.prototypes += b.prototypes; r.router += b.router; r.evaluation += b.evaluation; r.io += b.io
+        for p in phases { r[keyPath: p.key] += b[keyPath: p.key] }
         return r
     }
 
-    enum CodingKeys: String, CodingKey { case sgd, quotaValidation, buffer, realign, prototypes, router, evaluation, io, total }
+    private struct Key: CodingKey {
+        var stringValue: String
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        var intValue: Int? { nil }
+        init?(intValue: Int) { nil }
+    }
+    /// The phases and their `total` (written for readers; recomputed, not read, on decoding).
     public func encode(to encoder: Swift.Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(sgd, forKey: .sgd); try c.encode(quotaValidation, forKey: .quotaValidation); try c.encode(buffer, forKey: .buffer)
-        try c.encode(realign, forKey: .realign); try c.encode(prototypes, forKey: .prototypes); try c.encode(router, forKey: .router)
-        try c.encode(evaluation, forKey: .evaluation); try c.encode(io, forKey: .io); try c.encode(total, forKey: .total)
+        var c = encoder.container(keyedBy: Key.self)
+        for p in Self.phases { try c.encode(self[keyPath: p.key], forKey: Key(p.name)) }
+        try c.encode(total, forKey: Key("total"))
     }
     public init(from decoder: Swift.Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        sgd = try c.decode(Double.self, forKey: .sgd); quotaValidation = try c.decode(Double.self, forKey: .quotaValidation)
-        buffer = try c.decode(Double.self, forKey: .buffer); realign = try c.decode(Double.self, forKey: .realign)
-        prototypes = try c.decode(Double.self, forKey: .prototypes); router = try c.decode(Double.self, forKey: .router)
-        evaluation = try c.decode(Double.self, forKey: .evaluation); io = try c.decode(Double.self, forKey: .io)
+        let c = try decoder.container(keyedBy: Key.self)
+        for p in Self.phases { self[keyPath: p.key] = try c.decode(Double.self, forKey: Key(p.name)) }
     }
 }
