@@ -112,6 +112,11 @@ import Glibc
         #expect(r.learner.rng.state == s.learner.rng.state && r.model.rngState.state == s.model.rngState.state)
         #expect(r.learner.dual?.state == s.learner.dual?.state)
         #expect(r.learner.bestValidationF1 == s.learner.bestValidationF1)
+        // the router features of every buffered example come back bit for bit, and nothing else
+        let buffered = Set(s.learner.bufferedItems(before: 2).filter { !$0.isGeneral }.map {
+            DomainRouter.FeatureKey(domain: $0.domain, ids: $0.tokenIds) })
+        #expect(!buffered.isEmpty && Set(r.router!.trainingFeatures.keys) == buffered)
+        for k in buffered { #expect(Self.bits(r.router!.trainingFeatures[k]!) == Self.bits(s.router!.trainingFeatures[k]!)) }
         let seqs: [[Int32]] = [[1, 5, 33, 2], [1, 12, 30, 31, 2], [1, 7, 2]]
         for g in [Int32(0), 1] {
             let gates = [Int32](repeating: g, count: seqs.count)
@@ -172,7 +177,7 @@ import Glibc
         }
         func restore(_ name: String) throws { try original[name]!.write(to: vdir.appendingPathComponent(name)) }
 
-        for name in ["params.safetensors", "buffer.json", "metrics.json", "domains/0.jsonl"] {
+        for name in ["params.safetensors", "buffer.json", "metrics.json", "domains/0.jsonl", RouterFeatureFile.name] {
             try damage(name) { $0 = $0.prefix($0.count / 2) }                        // truncated
             Self.expectLoadFails(dir, naming: name, "bytes")
             try damage(name) { $0[$0.count / 3] ^= 0x10 }                            // one bit flipped

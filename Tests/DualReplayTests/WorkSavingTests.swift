@@ -65,4 +65,41 @@ import Testing
         let cached = RoutedPredictor(model: m, router: router).predictChunk(seqs, features: .cached)
         #expect(live.domains == cached.domains && live.classes == cached.classes)
     }
+
+    /// Router training reads each example's feature from the batched pass of its domain's
+    /// canonical chunks (shared with the prototypes): no feature pass runs one example at a time,
+    /// and only the buffered examples' features stay in memory.
+    @Test func routerTrainingFeaturesAreBatchedOncePerDomain() throws {
+        let s = try ContinualState.create(config: StateTests.config(), encoder: try StateTests.encoder(), generalTexts: StateTests.general, modelPath: nil)
+        var chunks = 0
+        for (i, name) in ["a", "b", "c"].enumerated() {
+            let d = StateTests.domain(name, base: 6 * i, train: 40)
+            _ = try s.onboard(d)
+            chunks += (d.train.count + inferenceChunk - 1) / inferenceChunk
+            let router = s.router!
+            #expect(router.trainingFeaturePasses == chunks, "domain \(name)")
+            let keys = Set(router.trainingFeatures.keys)
+            let lastRows = Set(d.train.map { DomainRouter.FeatureKey(domain: Int32(i), ids: s.encoder.tokenizer.encode($0.text, maxLength: 16)) })
+            let buffered = Set(s.learner.bufferedItems(before: i + 1).filter { !$0.isGeneral }.map {
+                DomainRouter.FeatureKey(domain: $0.domain, ids: $0.tokenIds) })
+            #expect(keys.isSubset(of: buffered.union(lastRows)), "domain \(name): features kept beyond the buffer and the newest rows")
+            #expect(buffered.isSubset(of: keys), "domain \(name): a buffered example has no kept feature")
+        }
+        #expect(chunks >= 6)
+    }
+
+    /// A pair without a kept feature (a state saved before features were kept) gets the batched
+    /// pass over its domain's missing sequences: the same bits as `domainFeatures` on that list.
+    @Test func missingTrainingFeaturesAreComputedPerDomainInChunks() throws {
+        let m = TrainingTests.model { $0.adapter = true }
+        let a = DomainRouter(model: m), b = DomainRouter(model: m)
+        let s0 = Self.chunk(5, seed: 3), s1 = Self.chunk(4, seed: 8)
+        let ex = s0.map { ($0, Int32(0)) } + s1.map { ($0, Int32(1)) }
+        let got = a.trainingFeatures(of: ex)
+        #expect(a.trainingFeaturePasses == 2)
+        let f0 = b.domainFeatures(domain: 0, sequences: s0), f1 = b.domainFeatures(domain: 1, sequences: s1)
+        #expect(got.flatMap { $0 } == f0 + f1)
+        _ = a.trainingFeatures(of: ex)
+        #expect(a.trainingFeaturePasses == 2, "kept features were computed again")
+    }
 }

@@ -37,6 +37,51 @@ public final class DomainRouter {
     }
     private var chunkCache: [PackedBatch: [Float]] = [:]
 
+    /// The router feature of one training example: its domain and its token ids.
+    public struct FeatureKey: Hashable, Sendable {
+        public var domain: Int32
+        public var ids: [Int32]
+        public init(domain: Int32, ids: [Int32]) { self.domain = domain; self.ids = ids }
+    }
+
+    /// Router features of training examples. A domain's features are computed once, batched, in
+    /// the canonical chunks of its training rows (`domainFeatures`), when it is learned; the ones
+    /// of its buffered examples are kept (`retainFeatures`) and saved with a production state
+    /// (`State/RouterFeatureFile.swift`), so a later retraining, in this process or in another,
+    /// reads the same bits and never recomputes them.
+    public private(set) var trainingFeatures: [FeatureKey: [Float]] = [:]
+
+    /// Batched passes `domainFeatures` has run so far (for tests of the work saved).
+    public private(set) var trainingFeaturePasses = 0
+
+    /// Router features (flat, B·C) of domain `k`'s training sequences, computed in their canonical
+    /// chunks (`inferenceChunk` in the order given) and kept for router training; the first
+    /// occurrence of a repeated sequence is the one kept.
+    public func domainFeatures(domain k: Int, sequences: [[Int32]]) -> [Float] {
+        let f = uncachedFeatures(sequences)
+        trainingFeaturePasses += (sequences.count + inferenceChunk - 1) / inferenceChunk
+        let C = model.config.hidden
+        for (i, s) in sequences.enumerated() {
+            let key = FeatureKey(domain: Int32(k), ids: s)
+            if trainingFeatures[key] == nil { trainingFeatures[key] = Array(f[(i * C)..<((i + 1) * C)]) }
+        }
+        return f
+    }
+
+    /// Drops every training feature whose example is not in `keep` (the buffered examples): memory
+    /// stays bounded by the buffer, not by the number of domains learned.
+    public func retainFeatures(_ keep: Set<FeatureKey>) {
+        trainingFeatures = trainingFeatures.filter { keep.contains($0.key) }
+    }
+
+    /// Restores saved training features (`RouterFeatureFile`); each must have C floats.
+    public func restoreFeatures(_ saved: [(key: FeatureKey, feature: [Float])]) {
+        for (k, f) in saved {
+            precondition(f.count == model.config.hidden, "a router feature has \(f.count) floats, the encoder \(model.config.hidden)")
+            trainingFeatures[k] = f
+        }
+    }
+
     /// Router features (B·C, flat) of sequences, `inferenceChunk` at a time, not cached.
     func uncachedFeatures(_ sequences: [[Int32]]) -> [Float] {
         var out: [Float] = []
@@ -86,14 +131,15 @@ public final class DomainRouter {
     }
 
     /// Sets the prototypes of domain `k`'s intents to the mean router feature of their examples
-    /// (`label` is the global class). Uses every example given; features are not cached (a
-    /// domain's whole training split would stay in memory). Intents without examples keep a zero
-    /// prototype (cosine 0).
-    public func fitPrototypes(domain k: Int, examples: [(ids: [Int32], label: Int32)]) {
+    /// (`label` is the global class). Uses every example given, with their features from
+    /// `domainFeatures` (computed here when not given, and kept for router training). Intents
+    /// without examples keep a zero prototype (cosine 0).
+    public func fitPrototypes(domain k: Int, examples: [(ids: [Int32], label: Int32)], features given: [Float]? = nil) {
+        let f = given ?? domainFeatures(domain: k, sequences: examples.map(\.ids))
         guard model.spec.routerPrototypes != nil else { return }
         let C = model.config.hidden, r = model.domains[k].classRange
+        precondition(f.count == examples.count * C, "fitPrototypes: \(f.count) feature floats for \(examples.count) examples")
         var sums = [Double](repeating: 0, count: r.count * C), counts = [Int](repeating: 0, count: r.count)
-        let f = uncachedFeatures(examples.map(\.ids))
         for (i, e) in examples.enumerated() {
             precondition(r.contains(Int(e.label)), "fitPrototypes: label \(e.label) outside domain \(k)'s classes \(r)")
             let c = Int(e.label) - r.lowerBound
@@ -106,13 +152,26 @@ public final class DomainRouter {
         }
     }
 
+    /// The training features of (sequence, domain) pairs. A pair without one (a state saved
+    /// before features were kept) gets it from its domain's missing sequences, batched in the
+    /// canonical chunks of their order here, and keeps it.
+    func trainingFeatures(of examples: [(ids: [Int32], domain: Int32)]) -> [[Float]] {
+        var missing: [Int32: [[Int32]]] = [:], seen = Set<FeatureKey>()
+        for e in examples {
+            let key = FeatureKey(domain: e.domain, ids: e.ids)
+            if trainingFeatures[key] == nil, seen.insert(key).inserted { missing[e.domain, default: []].append(e.ids) }
+        }
+        for d in missing.keys.sorted() { _ = domainFeatures(domain: Int(d), sequences: missing[d]!) }
+        return examples.map { trainingFeatures[FeatureKey(domain: $0.domain, ids: $0.ids)]! }
+    }
+
     /// Trains on (sequence, domain) pairs; all router rows train (a new domain must be
     /// separable from the old ones, and the old ones come from the replay buffer).
     public func train(_ examples: [(ids: [Int32], domain: Int32)], config: RouterConfig, optimizer base: OptimizerConfig,
                       rng: inout SplitMix64) {
         let K = domainCount, C = model.config.hidden, Hd = hidden
         guard K > 1, !examples.isEmpty else { return }
-        let feats = features(examples.map(\.ids))
+        let feats = trainingFeatures(of: examples)
         var perDomain = [Int](repeating: 0, count: K)
         for e in examples { perDomain[Int(e.domain)] += 1 }
         let s = model.store

@@ -147,6 +147,13 @@ public final class ContinualState {
         m.rngState = SplitMix64(seed: mf.modelRNG)
         let st = LearnerState(model: m, router: mf.settings.router ? DomainRouter(model: m) : nil, rng: SplitMix64(seed: mf.trainingRNG))
         st.router?.step = mf.routerOptimizerStep ?? 0
+        if let saved = loaded.routerFeatures, let router = st.router {
+            let file = loaded.versionDirectory.appendingPathComponent(RouterFeatureFile.name).path
+            if let e = saved.first(where: { $0.feature.count != m.config.hidden }) {
+                throw StateError.malformed(file: file, reason: "features of \(e.feature.count) floats, the encoder's hidden size is \(m.config.hidden)")
+            }
+            router.restoreFeatures(saved)
+        }
         st.bestValidationF1 = mf.bestValidationF1
         switch loaded.buffer {
         case .reservoir(let s)?: st.reservoir = try ReservoirBuffer(state: s)
@@ -372,8 +379,18 @@ public final class ContinualState {
         config.training = training
         mf.config = config
         let buffer: ReplayBufferSnapshot? = st.dual.map { .dualStream($0.state) } ?? st.reservoir.map { .reservoir($0.state) }
+        // the kept router features of the buffered examples, in buffer order, each once
+        let features: [RouterFeatureFile.Entry]? = st.router.map { router in
+            var seen = Set<DomainRouter.FeatureKey>()
+            return st.bufferedItems(before: st.model.domains.count).filter { !$0.isGeneral }.compactMap { item in
+                let key = DomainRouter.FeatureKey(domain: item.domain, ids: item.tokenIds)
+                guard seen.insert(key).inserted, let f = router.trainingFeatures[key] else { return nil }
+                return (key, f)
+            }
+        }
         return store.withArrays { v, m1, m2 in
-            StateSnapshot(manifest: mf, values: v, moment1: m1, moment2: m2, buffer: buffer, metrics: metrics, domainExamples: domainExamples)
+            StateSnapshot(manifest: mf, values: v, moment1: m1, moment2: m2, buffer: buffer, metrics: metrics, domainExamples: domainExamples,
+                          routerFeatures: features)
         }
     }
 

@@ -98,6 +98,9 @@ public struct StateSnapshot {
     public var buffer: ReplayBufferSnapshot?
     public var metrics: [MetricsRow]
     public var domainExamples: [[IntentExample]]
+    /// The router features of the buffered examples (`RouterFeatureFile`); nil for a state
+    /// without a router, or one saved before they were kept.
+    public var routerFeatures: [RouterFeatureFile.Entry]? = nil
 }
 
 public enum StateDirectory {
@@ -176,6 +179,7 @@ public enum StateDirectory {
             try put(try paramsFile(snapshot), paramsName)
             let enc = jsonEncoder()
             if let b = snapshot.buffer { try put(try enc.encode(b), bufferName) }
+            if let f = snapshot.routerFeatures { try put(try RouterFeatureFile.encode(f), RouterFeatureFile.name) }
             // after a rollback the new version's number is above the one its base would suggest
             var metrics = snapshot.metrics
             if let last = metrics.indices.last, metrics[last].version == snapshot.manifest.version + 1 { metrics[last].version = version }
@@ -400,9 +404,12 @@ public enum StateDirectory {
             }
             domainExamples.append(rows)
         }
+        let routerFeatures = contents[RouterFeatureFile.name] == nil ? nil
+            : try RouterFeatureFile.decode(vdir.appendingPathComponent(RouterFeatureFile.name), hidden: nil, domainCount: manifest.domains.count)
         return LoadedState(directory: dir, versionDirectory: vdir,
                            snapshot: StateSnapshot(manifest: manifest, values: values, moment1: m1, moment2: m2,
-                                                   buffer: buffer, metrics: metrics, domainExamples: domainExamples))
+                                                   buffer: buffer, metrics: metrics, domainExamples: domainExamples,
+                                                   routerFeatures: routerFeatures))
     }
 
     static func readManifest(_ url: URL) throws -> StateManifest {

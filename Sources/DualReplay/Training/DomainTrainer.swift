@@ -219,9 +219,17 @@ public final class DomainTrainer {
     /// says otherwise). Without a buffer the router only ever sees the newest domain.
     func retrainRouter(_ router: DomainRouter, _ st: LearnerState, rows: [TrainingRow], domain k: Int, rng: inout SplitMix64,
                        times: inout PhaseTimes) {
-        times.time(\.prototypes) { router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }) }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { times.router += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
+        // features once per example, batched: the kept ones of the buffered examples, domain k's
+        // in the canonical chunks of its rows (shared by its prototypes and the router)
+        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        let t0 = now()
+        router.retainFeatures(Set(st.bufferedItems(before: k + 1).filter { !$0.isGeneral }.map {
+            DomainRouter.FeatureKey(domain: $0.domain, ids: $0.tokenIds) }))
+        let features = router.domainFeatures(domain: k, sequences: rows.map(\.ids))
+        let t1 = now()
+        router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }, features: features)
+        let t2 = now()
+        defer { times.prototypes += Double(t2 - t1) / 1e9; times.router += Double(t1 - t0 + now() - t2) / 1e9 }
         var ex = rows.shuffled(using: &rng).prefix(training.routerTraining.newDomainExamples).map { ($0.ids, Int32($0.domain)) }
         ex += st.bufferedItems(before: k).filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
         var rc = training.routerTraining
