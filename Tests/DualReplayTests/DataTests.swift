@@ -423,6 +423,34 @@ struct DataTests {
         #expect(train.first! >= 5 * train.last!)
     }
 
+    /// Production-like traffic: a few large head domains, a floored long tail, intent counts that
+    /// vary by domain; the defaults keep the old corpus exactly.
+    @Test func syntheticProductionTraffic() throws {
+        let base = SyntheticConfig(domains: 8, intentsPerDomain: 5, trainPerIntent: 40, valPerIntent: 2, testPerIntent: 3, seed: 2, headTailSkew: 1)
+        var traffic = base
+        traffic.headDomains = 3
+        traffic.minTrainPerIntent = 8
+        #expect((0..<8).map { base.trainPerIntent(domain: $0) } == [40, 20, 13, 10, 8, 7, 6, 5])
+        #expect((0..<8).map { traffic.trainPerIntent(domain: $0) } == [40, 40, 40, 20, 13, 10, 8, 8])
+        var varied = base
+        varied.intentsPerDomainMin = 2
+        varied.intentsPerDomain = 9
+        let counts = SyntheticCorpus.make(config: varied).map(\.intents.count)
+        #expect(counts.allSatisfy { (2...9).contains($0) } && Set(counts).count >= 3, "\(counts)")
+        #expect((0..<8).map { varied.intentCount(domain: $0) } == counts)
+        // without the new keys, the corpus and the resolved form are the old ones
+        var explicit = base
+        explicit.headDomains = 1
+        explicit.minTrainPerIntent = 1
+        explicit.intentsPerDomainMin = nil
+        #expect(SyntheticCorpus.make(config: explicit).map(\.train) == SyntheticCorpus.make(config: base).map(\.train))
+        let keys = try JSONSerialization.jsonObject(with: JSONEncoder().encode(base)) as! [String: Any]
+        #expect(keys["headDomains"] == nil && keys["minTrainPerIntent"] == nil && keys["intentsPerDomainMin"] == nil)
+        let encoded = try JSONSerialization.jsonObject(with: JSONEncoder().encode(traffic)) as! [String: Any]
+        #expect(encoded["headDomains"] as? Int == 3 && encoded["minTrainPerIntent"] as? Int == 8)
+        #expect(try JSONDecoder().decode(SyntheticConfig.self, from: JSONEncoder().encode(varied)) == varied)
+    }
+
     @Test func syntheticScalesToManyDomains() {
         let config = SyntheticConfig(domains: 60, intentsPerDomain: 4, trainPerIntent: 2, valPerIntent: 1, testPerIntent: 1, seed: 3)
         let domains = SyntheticCorpus.make(config: config)

@@ -21,10 +21,18 @@ public struct SyntheticConfig: Codable, Hashable, Sendable {
     public var multiIntentTestPerDomain: Int
     /// Probability that a word of 4+ letters gets a typo (swap, drop or doubled letter).
     public var typoRate: Double
+    /// Production-like traffic: the first `headDomains` domains are the large ones (full
+    /// `trainPerIntent`); the skew starts after them. 1 = the skew starts at domain 1.
+    public var headDomains: Int
+    /// Floor of the skewed training examples per intent.
+    public var minTrainPerIntent: Int
+    /// When set, domain k gets between this and `intentsPerDomain` intents (drawn per domain from
+    /// the seed, uniformly); nil = every domain gets `intentsPerDomain`.
+    public var intentsPerDomainMin: Int?
 
     public init(domains: Int = 6, intentsPerDomain: Int = 6, trainPerIntent: Int = 40, valPerIntent: Int = 10,
                 testPerIntent: Int = 20, seed: UInt64 = 0, headTailSkew: Double = 0, multiIntentTestPerDomain: Int = 0,
-                typoRate: Double = 0.01) {
+                typoRate: Double = 0.01, headDomains: Int = 1, minTrainPerIntent: Int = 1, intentsPerDomainMin: Int? = nil) {
         self.domains = domains
         self.intentsPerDomain = intentsPerDomain
         self.trainPerIntent = trainPerIntent
@@ -34,10 +42,32 @@ public struct SyntheticConfig: Codable, Hashable, Sendable {
         self.headTailSkew = headTailSkew
         self.multiIntentTestPerDomain = multiIntentTestPerDomain
         self.typoRate = typoRate
+        self.headDomains = headDomains
+        self.minTrainPerIntent = minTrainPerIntent
+        self.intentsPerDomainMin = intentsPerDomainMin
     }
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case domains, intentsPerDomain, trainPerIntent, valPerIntent, testPerIntent, seed, headTailSkew, multiIntentTestPerDomain, typoRate
+        case headDomains, minTrainPerIntent, intentsPerDomainMin
+    }
+
+    /// Encodes the optional traffic fields only when they differ from the defaults, so the
+    /// resolved form (and the protocol hash) of older configs stays what it was.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(domains, forKey: .domains)
+        try c.encode(intentsPerDomain, forKey: .intentsPerDomain)
+        try c.encode(trainPerIntent, forKey: .trainPerIntent)
+        try c.encode(valPerIntent, forKey: .valPerIntent)
+        try c.encode(testPerIntent, forKey: .testPerIntent)
+        try c.encode(seed, forKey: .seed)
+        try c.encode(headTailSkew, forKey: .headTailSkew)
+        try c.encode(multiIntentTestPerDomain, forKey: .multiIntentTestPerDomain)
+        try c.encode(typoRate, forKey: .typoRate)
+        if headDomains != 1 { try c.encode(headDomains, forKey: .headDomains) }
+        if minTrainPerIntent != 1 { try c.encode(minTrainPerIntent, forKey: .minTrainPerIntent) }
+        try c.encodeIfPresent(intentsPerDomainMin, forKey: .intentsPerDomainMin)
     }
 
     /// Every field is optional in a config file; absent ones take the defaults above.
@@ -52,13 +82,28 @@ public struct SyntheticConfig: Codable, Hashable, Sendable {
                   seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed,
                   headTailSkew: try c.decodeIfPresent(Double.self, forKey: .headTailSkew) ?? d.headTailSkew,
                   multiIntentTestPerDomain: try c.decodeIfPresent(Int.self, forKey: .multiIntentTestPerDomain) ?? d.multiIntentTestPerDomain,
-                  typoRate: try c.decodeIfPresent(Double.self, forKey: .typoRate) ?? d.typoRate)
+                  typoRate: try c.decodeIfPresent(Double.self, forKey: .typoRate) ?? d.typoRate,
+                  headDomains: try c.decodeIfPresent(Int.self, forKey: .headDomains) ?? d.headDomains,
+                  minTrainPerIntent: try c.decodeIfPresent(Int.self, forKey: .minTrainPerIntent) ?? d.minTrainPerIntent,
+                  intentsPerDomainMin: try c.decodeIfPresent(Int.self, forKey: .intentsPerDomainMin))
     }
 
-    /// Training examples per intent of domain `k` (0-based) after the head/tail skew.
+    /// Training examples per intent of domain `k` (0-based) after the head/tail skew: the first
+    /// `headDomains` get `trainPerIntent`, domain k after them trainPerIntent / (k − headDomains + 2)^s,
+    /// never below `minTrainPerIntent`.
     public func trainPerIntent(domain k: Int) -> Int {
-        guard headTailSkew != 0 else { return trainPerIntent }
-        return max(1, Int((Double(trainPerIntent) / pow(Double(k + 1), headTailSkew)).rounded()))
+        guard headTailSkew != 0, k >= headDomains else { return trainPerIntent }
+        let skewed = Int((Double(trainPerIntent) / pow(Double(k - headDomains + 2), headTailSkew)).rounded())
+        return min(trainPerIntent, max(max(1, minTrainPerIntent), skewed))
+    }
+
+    /// Intents of domain `k` before the product's limit: `intentsPerDomain`, or with
+    /// `intentsPerDomainMin` a per-domain draw in [min, intentsPerDomain] (its own stream, so the
+    /// rest of the domain is drawn as without it).
+    public func intentCount(domain k: Int) -> Int {
+        guard let lo = intentsPerDomainMin, lo < intentsPerDomain else { return intentsPerDomain }
+        var rng = SplitMix64(seed: seed, stream: 0x494E_5443_4E54 &+ UInt64(k))
+        return lo + rng.stableIndex(below: intentsPerDomain - lo + 1)
     }
 }
 
@@ -137,10 +182,11 @@ public enum SyntheticCorpus {
         let allowed = intentKinds.filter { identity.category.isDevice || !$0.deviceOnly }
         var core = allowed.filter { confusableIntents.contains($0.name) }
         core.stableShuffle(using: &rng)
-        let coreCount = min(3, config.intentsPerDomain, core.count)
+        let wanted = config.intentCount(domain: k)
+        let coreCount = min(3, wanted, core.count)
         var rest = allowed.filter { kind in !core.prefix(coreCount).contains { $0.name == kind.name } }
         rest.stableShuffle(using: &rng)
-        let count = min(max(1, config.intentsPerDomain), allowed.count)
+        let count = min(max(1, wanted), allowed.count)
         let kinds = Array(core.prefix(coreCount) + rest.prefix(count - coreCount))
 
         let name = identity.name

@@ -85,6 +85,9 @@ public struct DataConfig: Codable, Equatable, Sendable {
             try Bounds.check(s.multiIntentTestPerDomain, B.syntheticMultiIntentPerDomain, "data.synthetic.multiIntentTestPerDomain")
             try Bounds.check(real: s.headTailSkew, B.syntheticHeadTailSkew, "data.synthetic.headTailSkew")
             try Bounds.check(real: s.typoRate, 0...1, "data.synthetic.typoRate")
+            try Bounds.check(s.headDomains, 1...max(1, s.domains), "data.synthetic.headDomains")
+            try Bounds.check(s.minTrainPerIntent, 1...max(1, s.trainPerIntent), "data.synthetic.minTrainPerIntent")
+            if let lo = s.intentsPerDomainMin { try Bounds.check(lo, 1...max(1, s.intentsPerDomain), "data.synthetic.intentsPerDomainMin") }
             // the corpus is held in memory: bound its size, not only each factor
             let rows = s.domains * s.intentsPerDomain * (s.trainPerIntent + s.valPerIntent + s.testPerIntent)
             try Bounds.check(rows, 1...B.perDomainCap.upperBound, "data.synthetic (domains × intentsPerDomain × examples per intent)")
@@ -107,14 +110,10 @@ extension DataConfig {
         multiIntentFiles = try c.decodeIfPresent([DataFileConfig].self, forKey: .multiIntentFiles)
     }
 
-    /// `SyntheticConfig` (Data/) decodes leniently; its keys are those its encoding writes (every
-    /// field is non-optional), so the check cannot drift from the type.
+    /// `SyntheticConfig` (Data/) decodes leniently; the known keys are its coding keys, so the
+    /// check cannot drift from the type.
     private struct StrictSynthetic: Decodable {
-        static let keys: [String] = {
-            guard let data = try? JSONEncoder().encode(SyntheticConfig()),
-                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [] }
-            return object.keys.sorted()
-        }()
+        static let keys: [String] = SyntheticConfig.CodingKeys.allCases.map(\.stringValue).sorted()
         let config: SyntheticConfig
         init(from decoder: Decoder) throws {
             _ = try decoder.strictContainer(keyedBy: AnyConfigKey.self, known: Self.keys)
