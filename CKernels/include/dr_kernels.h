@@ -28,9 +28,19 @@ void dr_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K, float alp
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
               float *C, int64_t ldc);
 
-// out (N,OC) = inp (N,C) · weight(OC,C)ᵀ + bias(OC); bias may be NULL.
+// out (N,OC) = inp (N,C) · weight(OC,C)ᵀ + bias(OC); bias may be NULL. N <= DR_SMALL_MATMUL_ROWS
+// goes to dr_small_matmul when it is available and on (the default), else to OpenBLAS.
+#define DR_SMALL_MATMUL_ROWS 24
 void dr_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int64_t N, int64_t C, int64_t OC);
+// The few-rows kernel (AVX2+FMA, chosen at run time): out = inp · weightᵀ + bias without packing.
+// Returns 0 (and writes nothing) when it cannot run: no AVX2/FMA, or C not a multiple of 8. Its
+// rows do not depend on N or on the other rows.
+int dr_small_matmul(float *out, const float *inp, const float *weight, const float *bias,
+                    int64_t N, int64_t C, int64_t OC);
+int dr_small_matmul_available(void);
+// Turns the few-rows path of dr_matmul_forward on or off (benchmarks and tests; on by default).
+void dr_set_small_matmul(int enabled);
 // dinp (N,C) += dout · weight; dweight (OC,C) += doutᵀ · inp; dbias (OC) += Σ_rows dout.
 // Any of dinp, dweight, dbias may be NULL (skipped).
 void dr_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,

@@ -48,6 +48,62 @@ import Testing
         }
     }
 
+    /// The few-rows kernel: against the Double reference for every row count it serves and column
+    /// counts with and without a remainder of four; its rows do not depend on the other rows; C not
+    /// a multiple of 8 is refused without writing; `dr_matmul_forward` with it on and off agree.
+    @Test func smallMatmulMatchesReferenceAndIsRowInvariant() {
+        var rng = SeededRandom(seed: 21)
+        guard dr_small_matmul_available() != 0 else {
+            var out: [Float] = [7]
+            #expect(dr_small_matmul(&out, [Float](repeating: 1, count: 8), [Float](repeating: 1, count: 8), nil, 1, 8, 1) == 0 && out == [7])
+            return
+        }
+        for (C, OC) in [(8, 1), (16, 3), (32, 5), (384, 4), (384, 17), (64, 9)] {
+            let w = rng.floats(OC * C), b = rng.floats(OC)
+            let xs = rng.floats(Int(DR_SMALL_MATMUL_ROWS) * C)
+            var rowsAlone: [[Float]] = []
+            for r in 0..<5 {
+                var one = [Float](repeating: 0, count: OC)
+                #expect(dr_small_matmul(&one, Array(xs[(r * C)..<((r + 1) * C)]), w, b, 1, Int64(C), Int64(OC)) == 1)
+                rowsAlone.append(one)
+            }
+            for N in [1, 2, 3, 4, 5, 7, 11, Int(DR_SMALL_MATMUL_ROWS)] {
+                let x = Array(xs.prefix(N * C))
+                for bias in [true, false] {
+                    var out = [Float](repeating: .nan, count: N * OC)
+                    #expect(dr_small_matmul(&out, x, w, bias ? b : nil, Int64(N), Int64(C), Int64(OC)) == 1)
+                    var worst = 0.0
+                    for i in 0..<N {
+                        for o in 0..<OC {
+                            var s = bias ? Double(b[o]) : 0
+                            for c in 0..<C { s += Double(x[i * C + c]) * Double(w[o * C + c]) }
+                            worst = max(worst, Self.relErr(Double(out[i * OC + o]), s))
+                        }
+                    }
+                    #expect(worst < 1e-5, "N \(N) C \(C) OC \(OC): worst \(worst)")
+                    if bias {
+                        for r in 0..<min(N, 5) {
+                            #expect(Array(out[(r * OC)..<((r + 1) * OC)]).map(\.bitPattern) == rowsAlone[r].map(\.bitPattern),
+                                    "row \(r) of \(N) differs from the row alone (C \(C) OC \(OC))")
+                        }
+                    }
+                }
+            }
+        }
+        var out: [Float] = [7]
+        #expect(dr_small_matmul(&out, [Float](repeating: 1, count: 7), [Float](repeating: 1, count: 7), nil, 1, 7, 1) == 0 && out == [7])
+        // through dr_matmul_forward: on and off agree to rounding
+        let N = 11, C = 384, OC = 40
+        let x = rng.floats(N * C), w = rng.floats(OC * C), b = rng.floats(OC)
+        var on = [Float](repeating: 0, count: N * OC), off = on
+        dr_matmul_forward(&on, x, w, b, Int64(N), Int64(C), Int64(OC))
+        dr_set_small_matmul(0)
+        dr_matmul_forward(&off, x, w, b, Int64(N), Int64(C), Int64(OC))
+        dr_set_small_matmul(1)
+        #expect(zip(on, off).allSatisfy { Self.relErr(Double($0), Double($1)) < 1e-5 })
+        #expect(on != off, "the few-rows path did not run (its sums are ordered differently from OpenBLAS's)")
+    }
+
     @Test func layerNormMatchesReferenceAndGradients() {
         var rng = SeededRandom(seed: 2)
         let N = 4, C = 9

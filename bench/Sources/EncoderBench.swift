@@ -86,18 +86,24 @@ func benchEncoder(_ o: BenchOptions, _ out: Reporter) throws -> [BenchRecord] {
                            ratioToSgemm: median(ratios),
                            note: "aggregate over \(times.count) batches of \(source); ceiling and ratio: medians of per-batch replays"))
     }
-    // single-utterance latency at 1 thread
+    // single-utterance latency at 1 thread: the few-rows matmul (the default) and OpenBLAS for every
+    // GEMM, alternating per utterance so both see the same load
     setComputeThreads(1)
-    var lat: [Double] = [], fl: [Double] = []
+    var lat: [Double] = [], fl: [Double] = [], latBLAS: [Double] = []
     for i in 0..<(o.latencyRuns + 50) {
         let text = texts[(i * 7919) % texts.count]
-        let t0 = now()
-        let b = PackedBatch([encoder.tokenizer.encode(text)])
-        let e = encoder.forward(b).sentenceEmbeddings()
-        let t1 = now()
-        precondition(e.count == encoder.config.hidden)
-        if i >= 50 { lat.append(t1 - t0); fl.append(encoderFlops(encoder.config, b)) }
+        for small in [true, false] {
+            dr_set_small_matmul(small ? 1 : 0)
+            let t0 = now()
+            let b = PackedBatch([encoder.tokenizer.encode(text)])
+            let e = encoder.forward(b).sentenceEmbeddings()
+            let t1 = now()
+            precondition(e.count == encoder.config.hidden)
+            guard i >= 50 else { continue }
+            if small { lat.append(t1 - t0); fl.append(encoderFlops(encoder.config, b)) } else { latBLAS.append(t1 - t0) }
+        }
     }
+    dr_set_small_matmul(1)
     let p50 = percentile(lat, 0.5) * 1e3, p99 = percentile(lat, 0.99) * 1e3
     let gf = fl.reduce(0, +) / lat.reduce(0, +) / 1e9
     let ceil = sgemmCeiling(encoderGemms(encoder.config, tokens: Int(meanLen.rounded())))
@@ -105,6 +111,12 @@ func benchEncoder(_ o: BenchOptions, _ out: Reporter) throws -> [BenchRecord] {
                        gflops: gf, sgemmGflops: ceil, ratioToSgemm: gf / ceil, note: "\(lat.count) runs, tokenize+forward+pool"))
     report(BenchRecord(bench: "encoder_latency_p99", threads: 1, batch: 1, tokens: Int(meanLen.rounded()), value: p99, unit: "ms",
                        gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: "\(lat.count) runs"))
+    let smallNote = dr_small_matmul_available() != 0 ? "every GEMM through OpenBLAS (the few-rows kernel off), alternating with the rows above"
+        : "the few-rows kernel is not available on this CPU: the same path as above"
+    report(BenchRecord(bench: "encoder_latency_openblas_p50", threads: 1, batch: 1, tokens: Int(meanLen.rounded()),
+                       value: percentile(latBLAS, 0.5) * 1e3, unit: "ms", gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: smallNote))
+    report(BenchRecord(bench: "encoder_latency_openblas_p99", threads: 1, batch: 1, tokens: Int(meanLen.rounded()),
+                       value: percentile(latBLAS, 0.99) * 1e3, unit: "ms", gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: smallNote))
     return records
 }
 
