@@ -16,7 +16,7 @@ BIN      = $(shell swift build -c release --show-bin-path)
 
 APT_PKGS := libopenblas-dev liblapacke-dev pkg-config libopenmpi-dev openmpi-bin
 
-.PHONY: setup deps model version build test bench demo fuzz clean reference-venv bench-reference bench-job chromium report-check report-screenshot
+.PHONY: setup deps model version build test bench demo fuzz clean reference-venv bench-reference bench-job bench-mpi chromium report-check report-screenshot
 
 setup: deps model version
 
@@ -99,6 +99,12 @@ bench-job: setup reference-venv
 	$(RELEASE) --product dualreplay
 	python3 bench/job.py --variant $(BENCH_JOB) --bin $(BIN)/dualreplay --python $(REF_PY) --threads 1,2 \
 	  --model $(MODEL_DIR) --data $(DR_DATA) --out build/bench-job $(BENCH_JOB_ARGS)
+
+# Ranks against threads on the reduced job (gradientChunk 8): 1x1, 1x2, 2x1 (mpirun), the R
+# matrices compared across layouts. Table + build/bench-mpi/mpi.json.
+bench-mpi: setup
+	$(RELEASE) --product dualreplay
+	python3 bench/mpi_job.py --bin $(BIN)/dualreplay --model $(MODEL_DIR) --data $(DR_DATA) --out build/bench-mpi
 
 demo: setup
 	$(RELEASE) --product dualreplay
