@@ -14,6 +14,7 @@ extern "C" {
 #define DR_OK 0
 #define DR_ERR_RANGE 1  // a [lo, hi) range is empty or does not lie inside [0, V)
 #define DR_ERR_LABEL 2  // a label lies outside its [lo, hi) range
+#define DR_ERR_SET 3    // a label set is empty, lists a label twice, or its offsets do not start at 0
 
 // ---------------------------------------------------------------------------------------------
 // Task-conditioned gated adapter (adapter.c)
@@ -95,6 +96,22 @@ int dr_softmax_xent_forward_backward(float *losses, float *dlogits, float *probs
                                      const float *logits, const int32_t *labels,
                                      const int32_t *lo, const int32_t *hi, const float *weights,
                                      int64_t B, int64_t V);
+
+// Soft-target (multi-label) cross-entropy: as dr_softmax_xent_forward_backward, but row b's
+// target is the uniform distribution q_b over its gold SET S_b (multi-intent utterances):
+//   losses[b] = logsumexp(range) - (1/|S_b|) Σ_{t in S_b} logit[t]     (UNWEIGHTED)
+//   dlogits[b,j] = w_b · (softmax_j - q_bj) inside the range, 0 outside  (WRITTEN, not added)
+// A set of one label is exactly the single-label loss (same operations, same bits), so a batch
+// of single-intent rows trains as before. Sets as CSR: row b's labels are
+// set_labels[set_offsets[b] .. set_offsets[b+1]), set_offsets (B+1) with set_offsets[0] == 0,
+// every label inside row b's [lo[b], hi[b]) and listed once. logits, dlogits, probs (B,V);
+// lo/hi (B) or NULL = whole row; weights (B) or NULL = 1/B. Returns DR_OK, or DR_ERR_RANGE /
+// DR_ERR_LABEL / DR_ERR_SET before writing anything.
+int dr_softmax_set_xent_forward_backward(float *losses, float *dlogits, float *probs,
+                                         const float *logits, const int64_t *set_offsets,
+                                         const int32_t *set_labels, const int32_t *lo,
+                                         const int32_t *hi, const float *weights, int64_t B,
+                                         int64_t V);
 
 // Mean squared error over per-example column ranges (DER's logit replay, the general-stream
 // anchoring loss): loss = Σ_b w_b · (1/D_b) Σ_{j in [lo_b,hi_b)} (x_bj - t_bj)², D_b = hi_b - lo_b

@@ -104,3 +104,73 @@ double dr_olora_penalty_forward_backward(float *dA_new, float *restrict scratch,
     if (dA_new) dr_sgemm(1, 0, R, C, R_old, weight, M, R, A_old, C, 1.0f, dA_new, C);
     return (double)weight * s;
 }
+
+int dr_softmax_set_xent_forward_backward(float *losses, float *dlogits, float *probs,
+                                         const float *logits, const int64_t *set_offsets,
+                                         const int32_t *set_labels, const int32_t *lo,
+                                         const int32_t *hi, const float *weights, int64_t B,
+                                         int64_t V) {
+    // Validate every row first so that an error leaves the outputs untouched.
+    if (set_offsets[0] != 0) return DR_ERR_SET;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t l = lo ? lo[b] : 0, h = hi ? hi[b] : V;
+        if (l < 0 || h > V || l >= h) return DR_ERR_RANGE;
+        const int64_t s0 = set_offsets[b], s1 = set_offsets[b + 1];
+        if (s1 <= s0) return DR_ERR_SET;
+        for (int64_t i = s0; i < s1; i++) {
+            const int32_t t = set_labels[i];
+            if (t < l || t >= h) return DR_ERR_LABEL;
+            for (int64_t k = s0; k < i; k++)
+                if (set_labels[k] == t) return DR_ERR_SET; // a label listed twice
+        }
+    }
+    const float w_default = B > 0 ? 1.0f / (float)B : 0.0f;
+
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t l = lo ? lo[b] : 0, h = hi ? hi[b] : V;
+        const float *x = logits + b * V;
+        const float w = weights ? weights[b] : w_default;
+        const int64_t s0 = set_offsets[b], s1 = set_offsets[b + 1];
+        const int64_t n = s1 - s0;
+
+        float mx = x[l];
+        for (int64_t j = l + 1; j < h; j++) mx = x[j] > mx ? x[j] : mx;
+
+        // As in dr_softmax_xent_forward_backward: exponentials straight into an output row.
+        float *row = dlogits ? dlogits + b * V : (probs ? probs + b * V : NULL);
+        double sum = 0.0;
+        if (row) {
+            for (int64_t j = l; j < h; j++) {
+                row[j] = expf(x[j] - mx);
+                sum += row[j];
+            }
+        } else {
+            for (int64_t j = l; j < h; j++) sum += expf(x[j] - mx);
+        }
+        // Σ_t q_t x_t with q uniform over the set; for n == 1 this is x[label] exactly.
+        double target = (double)x[set_labels[s0]];
+        if (n > 1) {
+            for (int64_t i = s0 + 1; i < s1; i++) target += (double)x[set_labels[i]];
+            target /= (double)n;
+        }
+        losses[b] = (float)(log(sum) + (double)mx - target);
+        const float inv = (float)(1.0 / sum);
+
+        if (probs) {
+            float *p = probs + b * V;
+            for (int64_t j = 0; j < l; j++) p[j] = 0.0f;
+            for (int64_t j = l; j < h; j++) p[j] = row[j] * inv;
+            for (int64_t j = h; j < V; j++) p[j] = 0.0f;
+        }
+        if (dlogits) {
+            float *d = dlogits + b * V;
+            const float s = w * inv;
+            for (int64_t j = 0; j < l; j++) d[j] = 0.0f;
+            for (int64_t j = l; j < h; j++) d[j] = row[j] * s;
+            for (int64_t j = h; j < V; j++) d[j] = 0.0f;
+            const float wq = n == 1 ? w : w / (float)n;
+            for (int64_t i = s0; i < s1; i++) d[set_labels[i]] -= wq;
+        }
+    }
+    return DR_OK;
+}

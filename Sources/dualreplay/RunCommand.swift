@@ -71,7 +71,8 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
         let modelDir = URL(fileURLWithPath: cfg.model ?? ConfigDefaults.model)
         let maxLength = cfg.training?.maxLength ?? TrainingDefaults().maxLength
         let encoder = try SentenceEncoder(modelDirectory: modelDir, maxLength: maxLength)
-        let (scenario, general) = try ExperimentSetup.scenario(cfg.data, seed: cfg.seed ?? ConfigDefaults.seed)
+        let (scenario, general) = try ExperimentSetup.scenario(cfg.data, seed: cfg.seed ?? ConfigDefaults.seed,
+                                                               multiIntentSplit: (cfg.evalSplit ?? ConfigDefaults.evalSplit).split)
         try ExperimentSetup.checkResources(cfg, model: encoder.config, scenario: scenario)
         return (encoder, scenario, general)
     }

@@ -208,14 +208,22 @@ public struct MultiIntentScore: Codable, Equatable, Sendable {
     public let singleIntentAccuracy: Double
     /// singleIntentAccuracy − anyHit: how much a second or third intent costs (positive = worse).
     public let fragility: Double
+    /// Fraction whose predicted domain is right and predicted intent SET (`Diagnostics.predictedSet`
+    /// at `setThreshold`) equals the gold set. nil in results made before set prediction existed.
+    public let exactSet: Double?
+    /// The set rule's threshold τ, chosen on validation utterances (`Diagnostics.chooseSetThreshold`).
+    public let setThreshold: Double?
 
-    public init(domain: String, count: Int, anyHit: Double, domainHit: Double, singleIntentAccuracy: Double) {
+    public init(domain: String, count: Int, anyHit: Double, domainHit: Double, singleIntentAccuracy: Double,
+                exactSet: Double? = nil, setThreshold: Double? = nil) {
         self.domain = domain
         self.count = count
         self.anyHit = anyHit
         self.domainHit = domainHit
         self.singleIntentAccuracy = singleIntentAccuracy
         fragility = count > 0 ? singleIntentAccuracy - anyHit : 0
+        self.exactSet = exactSet
+        self.setThreshold = setThreshold
     }
 }
 
@@ -225,19 +233,62 @@ public enum Diagnostics {
     /// (domain, intent) for utterance i, `gold[i]` its domain and 2-3 gold intents. Only utterances
     /// whose gold domain is `domain` count, so all domains' utterances may be passed at once.
     /// With none, `count` is 0 and the rates and fragility are 0.
+    /// `predictedSets[i]`, when given, is utterance i's predicted intent set (in its predicted
+    /// domain): `exactSet` counts the utterances whose domain is right and whose set equals the
+    /// gold set (order and repeats ignored); `setThreshold` is recorded with it.
     public static func score(domain: String, predictions: [(domain: String, intent: String)],
-                             gold: [(domain: String, intents: [String])], singleIntentAccuracy: Double) -> MultiIntentScore {
+                             gold: [(domain: String, intents: [String])], singleIntentAccuracy: Double,
+                             predictedSets: [[String]]? = nil, setThreshold: Double? = nil) -> MultiIntentScore {
         precondition(predictions.count == gold.count, "Diagnostics.score: \(predictions.count) predictions for \(gold.count) utterances")
-        var count = 0, anyHits = 0, domainHits = 0
-        for (p, g) in zip(predictions, gold) where g.domain == domain {
+        precondition(predictedSets.map { $0.count == gold.count } ?? true, "Diagnostics.score: predicted sets for \(predictedSets?.count ?? 0) utterances")
+        var count = 0, anyHits = 0, domainHits = 0, exact = 0
+        for (i, (p, g)) in zip(predictions, gold).enumerated() where g.domain == domain {
             count += 1
             guard p.domain == g.domain else { continue }
             domainHits += 1
             if g.intents.contains(p.intent) { anyHits += 1 }
+            if let sets = predictedSets, Set(sets[i]) == Set(g.intents) { exact += 1 }
         }
         let n = Double(max(count, 1))
         return MultiIntentScore(domain: domain, count: count, anyHit: Double(anyHits) / n,
-                                domainHit: Double(domainHits) / n, singleIntentAccuracy: singleIntentAccuracy)
+                                domainHit: Double(domainHits) / n, singleIntentAccuracy: singleIntentAccuracy,
+                                exactSet: predictedSets == nil ? nil : Double(exact) / n, setThreshold: setThreshold)
+    }
+
+    /// The set decision rule on one routed head's probabilities `p` (its intents, summing to 1):
+    /// the top intent (ties: the lower index) and every other intent with p ≥ `threshold`, in index order.
+    public static func predictedSet(probabilities p: [Double], threshold: Double) -> [Int] {
+        guard !p.isEmpty else { return [] }
+        var top = 0
+        for c in 1..<p.count where p[c] > p[top] { top = c }
+        return p.indices.filter { $0 == top || p[$0] >= threshold }
+    }
+
+    /// Exact-set accuracy of the rule at `threshold`: `probabilities[i]` is utterance i's routed head
+    /// distribution over its gold domain's intents, or nil when it was routed to another domain (a
+    /// miss); `gold[i]` its intent indices. 0 with no utterances.
+    public static func exactSetAccuracy(probabilities: [[Double]?], gold: [Set<Int>], threshold: Double) -> Double {
+        precondition(probabilities.count == gold.count, "exactSetAccuracy: \(probabilities.count) rows, \(gold.count) gold sets")
+        guard !gold.isEmpty else { return 0 }
+        var hits = 0
+        for (p, g) in zip(probabilities, gold) {
+            if let p, Set(predictedSet(probabilities: p, threshold: threshold)) == g { hits += 1 }
+        }
+        return Double(hits) / Double(gold.count)
+    }
+
+    /// The threshold of `grid` with the best exact-set accuracy on validation utterances (ties: the
+    /// larger threshold, the more conservative rule), and that accuracy. Callers pass validation
+    /// rows only, never test rows.
+    public static func chooseSetThreshold(probabilities: [[Double]?], gold: [Set<Int>],
+                                          grid: [Double] = ConfigDefaults.setThresholdGrid) -> (threshold: Double, accuracy: Double) {
+        precondition(!grid.isEmpty, "chooseSetThreshold: empty grid")
+        var best = (threshold: grid[0], accuracy: -1.0)
+        for t in grid {
+            let a = exactSetAccuracy(probabilities: probabilities, gold: gold, threshold: t)
+            if a > best.accuracy || (a == best.accuracy && t > best.threshold) { best = (t, a) }
+        }
+        return best
     }
 
     /// `score` for every gold domain, in order of first appearance; a domain missing from
@@ -267,12 +318,14 @@ public enum Diagnostics {
         }
         if !multiIntent.isEmpty {
             if !s.isEmpty { s += "\n" }
-            s += "Multi-intent fragility (fragility = single-intent accuracy − any-hit):\n\n"
-            s += "| Domain | utterances | any-hit | domain-hit | single-intent acc | fragility |\n"
-            s += "|---|---|---|---|---|---|\n"
+            s += "Multi-intent fragility (fragility = single-intent accuracy − any-hit; exact-set: the predicted "
+            s += "intent set, top intent + those with p ≥ τ, equals the gold set; τ chosen on validation):\n\n"
+            s += "| Domain | utterances | any-hit | exact-set | τ | domain-hit | single-intent acc | fragility |\n"
+            s += "|---|---|---|---|---|---|---|---|\n"
             for m in multiIntent {
                 let rate = { (v: Double) in m.count > 0 ? pts(v) : "-" }
-                s += "| \(m.domain) | \(m.count) | \(rate(m.anyHit)) | \(rate(m.domainHit)) | "
+                let tau = m.setThreshold.map { String(format: "%.2f", $0) } ?? "-"
+                s += "| \(m.domain) | \(m.count) | \(rate(m.anyHit)) | \(m.exactSet.map(rate) ?? "-") | \(tau) | \(rate(m.domainHit)) | "
                 s += "\(pts(m.singleIntentAccuracy)) | \(rate(m.fragility)) |\n"
             }
         }

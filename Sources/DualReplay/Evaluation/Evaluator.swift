@@ -115,16 +115,49 @@ public final class Evaluator {
                                        dim: model.config.hidden, classes: d.intents.count)
     }
 
-    /// Multi-intent fragility of domain `j` on utterances carrying several of its intents.
-    public func multiIntentScore(domain j: Int, rows: [IntentExample], singleIntentAccuracy: Double) -> MultiIntentScore {
-        let d = model.domains[j]
+    /// Routed predictions of rows of domain `j`, with each row's routed head distribution over
+    /// domain j's intents (softmax of its logits; nil when routed to another domain).
+    func routedHeadProbabilities(domain j: Int, rows: [IntentExample]) -> (out: RoutedPredictor.Output, probabilities: [[Double]?]) {
         let out = predictor.predict(tokens.ids(rows.map(\.text)), features: .cached)
+        let r = model.domains[j].classRange, V = model.classCount
+        let probs: [[Double]?] = (0..<out.count).map { b in
+            guard out.domains[b] == j else { return nil }
+            let top = r.map { out.logits[b * V + $0] }.max()!
+            let e = r.map { exp(Double(out.logits[b * V + $0] - top)) }
+            let z = e.reduce(0, +)
+            return e.map { $0 / z }
+        }
+        return (out, probs)
+    }
+
+    /// Gold intent indices (within domain j) of rows of domain j.
+    func goldSets(domain j: Int, rows: [IntentExample]) -> [Set<Int>] {
+        let d = model.domains[j]
+        return rows.map { Set($0.intents.compactMap { d.intents.firstIndex(of: $0) }) }
+    }
+
+    /// The set rule's threshold for domain `j`, chosen on `validation` rows of the domain (single-
+    /// and multi-intent validation utterances, never test rows): `Diagnostics.chooseSetThreshold`.
+    public func chooseSetThreshold(domain j: Int, validation rows: [IntentExample]) -> Double {
+        let p = routedHeadProbabilities(domain: j, rows: rows).probabilities
+        return Diagnostics.chooseSetThreshold(probabilities: p, gold: goldSets(domain: j, rows: rows)).threshold
+    }
+
+    /// Multi-intent fragility of domain `j` on utterances carrying several of its intents; with
+    /// `setThreshold`, also their exact-set accuracy under the set rule at that threshold.
+    public func multiIntentScore(domain j: Int, rows: [IntentExample], singleIntentAccuracy: Double,
+                                 setThreshold: Double? = nil) -> MultiIntentScore {
+        let d = model.domains[j]
+        let (out, probs) = routedHeadProbabilities(domain: j, rows: rows)
         let preds = zip(out.domains, out.classes).map { k, c -> (domain: String, intent: String) in
             let dom = model.domains[k]
             return (dom.name, dom.intents[c - dom.classOffset])
         }
+        let sets = setThreshold.map { tau in
+            probs.map { p in p.map { Diagnostics.predictedSet(probabilities: $0, threshold: tau).map { d.intents[$0] } } ?? [] }
+        }
         return Diagnostics.score(domain: d.name, predictions: preds, gold: rows.map { (domain: d.name, intents: $0.intents) },
-                                 singleIntentAccuracy: singleIntentAccuracy)
+                                 singleIntentAccuracy: singleIntentAccuracy, predictedSets: sets, setThreshold: setThreshold)
     }
 
     /// Single-utterance routed prediction latency (tokenize + route + gated pass + head) at 1 BLAS

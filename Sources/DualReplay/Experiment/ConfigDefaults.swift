@@ -60,6 +60,12 @@ public enum ConfigDefaults {
     public static let floorWeight = 0.2
     public static let samplingFloorWeight = 0.2
     public static let forgettingEMA = 0.5
+    // MARK: method: multi-intent augmentation (on when the method has a `multiIntent` block)
+    public static let multiIntentAugmentShare = 0.2
+    public static let multiIntentConjunctions = ["and", "and also", "and then"]
+    public static let multiIntentMaxIntents = 2
+    /// The set rule's thresholds tried on validation (`Diagnostics.chooseSetThreshold`).
+    public static let setThresholdGrid: [Double] = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
     // MARK: method: references
     public static let architecture: ReferenceArchitecture = .adapter
 
@@ -113,4 +119,7 @@ public enum ConfigBounds {
     public static let threads = 1...256
     public static let latencySamples = 0...1_000_000
     public static let probeTrainPerDomain = 2...1_000_000
+    public static let multiIntentAugmentShare: ClosedRange<Double> = 0...4
+    public static let multiIntentMaxIntents = 2...5
+    public static let multiIntentConjunctionBytes = 32
 }

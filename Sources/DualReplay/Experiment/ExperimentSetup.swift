@@ -9,7 +9,9 @@ public enum ExperimentSetup {
         return URL(fileURLWithPath: "../shared/data")
     }
 
-    public static func scenario(_ cfg: DataConfig, seed: UInt64 = 0) throws -> (scenario: Scenario, general: [String]) {
+    /// `multiIntentSplit`: the split of `data.multiIntentFiles` that is evaluated (the experiment's
+    /// `evalSplit`: MixATIS/MixSNIPS have val and test rows, so validation runs never read test rows).
+    public static func scenario(_ cfg: DataConfig, seed: UInt64 = 0, multiIntentSplit: Split = .test) throws -> (scenario: Scenario, general: [String]) {
         var domains: [DomainData] = []
         var general: [String] = []
         let dir = dataDirectory(cfg)
@@ -55,7 +57,7 @@ public enum ExperimentSetup {
             var o = LoadOptions()
             o.domainPrefix = f.domainPrefix
             if let ex = f.excludeDomains { o.excludedDomains = Set(ex) }
-            var rows = try IntentDataset.loadMultiIntentTest(jsonl: url, options: o)
+            var rows = try IntentDataset.loadMultiIntentTest(jsonl: url, split: multiIntentSplit, options: o)
             if f.unknownLabels == .drop {
                 rows = rows.filter { r in
                     guard let i = scenario.index(ofDomain: r.domain) else { return true }

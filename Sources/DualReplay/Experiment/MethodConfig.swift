@@ -51,6 +51,8 @@ public struct MethodConfig: Codable, Equatable, Sendable {
     public var lora = LoRA()
     public var loss = Loss()
     public var replay = Replay()
+    /// Multi-intent augmentation (absent = off).
+    public var multiIntent: MultiIntent?
     /// Reference methods (joint, single) only.
     public var architecture: ReferenceArchitecture?
 
@@ -156,6 +158,19 @@ public struct MethodConfig: Codable, Equatable, Sendable {
         public init() {}
     }
 
+    /// The remedy for multi-intent fragility: each domain also trains on utterances synthesized
+    /// from its own single-intent training utterances of different intents, joined with a
+    /// conjunction, with every joined intent as a target (soft-target cross-entropy over the gold
+    /// set). Present = on; absent fields take `ConfigDefaults.multiIntent*`; `augmentShare` 0 = off.
+    public struct MultiIntent: Codable, Equatable, Sendable {
+        /// Synthesized utterances per single-intent training utterance.
+        public var augmentShare: Double?
+        public var conjunctions: [String]?
+        /// Intents per synthesized utterance, 2...maxIntents.
+        public var maxIntents: Int?
+        public init() {}
+    }
+
     /// Replay: the share of each batch, and the dual-stream buffer's policy.
     public struct Replay: Codable, Equatable, Sendable {
         /// Share of each batch drawn from replay (methods with a buffer; overrides `training.replayShare`).
@@ -172,7 +187,7 @@ public struct MethodConfig: Codable, Equatable, Sendable {
 
 extension MethodConfig {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kind, name, training, adapter, heads, router, lora, loss, replay, architecture
+        case kind, name, training, adapter, heads, router, lora, loss, replay, multiIntent, architecture
     }
 
     public init(from decoder: Decoder) throws {
@@ -195,6 +210,7 @@ extension MethodConfig {
         lora = try c.decodeIfPresent(LoRA.self, forKey: .lora) ?? LoRA()
         loss = try c.decodeIfPresent(Loss.self, forKey: .loss) ?? Loss()
         replay = try c.decodeIfPresent(Replay.self, forKey: .replay) ?? Replay()
+        multiIntent = try c.decodeIfPresent(MultiIntent.self, forKey: .multiIntent)
         architecture = try c.decodeChoice(ReferenceArchitecture.self, forKey: .architecture)
     }
 
@@ -210,6 +226,7 @@ extension MethodConfig {
         if lora != LoRA() { try c.encode(lora, forKey: .lora) }
         if loss != Loss() { try c.encode(loss, forKey: .loss) }
         if replay != Replay() { try c.encode(replay, forKey: .replay) }
+        try c.encodeIfPresent(multiIntent, forKey: .multiIntent)
         try c.encodeIfPresent(architecture, forKey: .architecture)
     }
 }
@@ -323,6 +340,16 @@ extension MethodConfig.Replay {
         floorWeight = try c.decodeIfPresent(Double.self, forKey: .floorWeight)
         samplingFloorWeight = try c.decodeIfPresent(Double.self, forKey: .samplingFloorWeight)
         forgettingEMA = try c.decodeIfPresent(Double.self, forKey: .forgettingEMA)
+    }
+}
+
+extension MethodConfig.MultiIntent {
+    enum CodingKeys: String, CodingKey, CaseIterable { case augmentShare, conjunctions, maxIntents }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
+        augmentShare = try c.decodeIfPresent(Double.self, forKey: .augmentShare)
+        conjunctions = try c.decodeIfPresent([String].self, forKey: .conjunctions)
+        maxIntents = try c.decodeIfPresent(Int.self, forKey: .maxIntents)
     }
 }
 

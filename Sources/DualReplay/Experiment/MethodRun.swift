@@ -112,8 +112,20 @@ struct MethodRun {
         return order.domains.enumerated().compactMap { j, d in
             guard !d.multiIntentTest.isEmpty else { return nil }
             let rows = d.multiIntentTest.fixedSubset(atMost: config.data.maxEvalPerDomain, seed: FNV1a.of(d.name) &+ 0x3017)
-            return evaluator.multiIntentScore(domain: j, rows: rows, singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j])
+            let tau = evaluator.chooseSetThreshold(domain: j, validation: setCalibrationRows(domain: j))
+            return evaluator.multiIntentScore(domain: j, rows: rows, singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j],
+                                              setThreshold: tau)
         }
+    }
+
+    /// The rows the set rule's threshold is chosen on for domain `j`: its validation rows (single
+    /// intent) and as many multi-intent utterances synthesized from its validation split with the
+    /// method's conjunctions (the defaults when augmentation is off). Validation only: the
+    /// evaluated multi-intent rows (MixATIS/MixSNIPS) and every test row stay out of it.
+    func setCalibrationRows(domain j: Int) -> [IntentExample] {
+        let d = order.domains[j], a = settings.multiIntent ?? MultiIntentAugmentation()
+        return valRows[j] + MultiIntentSynthesis.synthesize(d.val, domain: d.name, count: valRows[j].count, conjunctions: a.conjunctions,
+                                                             maxIntents: a.maxIntents, salt: MultiIntentSynthesis.validationSalt)
     }
 
     // MARK: - references
@@ -123,10 +135,11 @@ struct MethodRun {
         let s = settings
         let m = trainer.makeModel(seed: seed)
         let st = LearnerState(model: m, router: trainer.makeRouter(m), rng: SplitMix64(seed: seed &+ 0x1017))
-        var rows: [TrainingRow] = []
+        var rows: [TrainingRow] = [], synthesized: [TrainingRow] = []
         for (k, d) in order.domains.enumerated() {
             trainer.addDomain(m, d, rng: &st.rng)
             rows += trainer.trainingRows(d, domainIndex: k)
+            synthesized += trainer.synthesizedRows(d, domainIndex: k)
         }
         // everything trains together: every gate row, every head, the shared adapter at full rate
         for slot in m.adapterLayers.indices { m.store.setTrainableRows(TensorName.gates(slot), nil) }
@@ -137,7 +150,7 @@ struct MethodRun {
         m.rebuildViews()
         progress("\(s.name): all \(order.count) domains at once (\(rows.count) examples)")
         let t0 = Date()
-        let n = try trainer.loop.run(m, s, optimizer: trainer.training.optimizer, examples: rows, policies: trainer.policies,
+        let n = try trainer.loop.run(m, s, optimizer: trainer.training.optimizer, examples: rows + synthesized, policies: trainer.policies,
                                      replay: { _, _, _ in }, rng: &st.rng, label: s.name)
         if let router = st.router {
             for k in order.domains.indices {
@@ -171,7 +184,8 @@ struct MethodRun {
             var rng = SplitMix64(seed: seed &+ UInt64(k) &+ 0x5146)
             trainer.addDomain(m, d, rng: &rng, alone: true)
             progress("\(settings.name): domain \(k + 1)/\(order.count) '\(d.name)' alone")
-            _ = try trainer.loop.run(m, settings, optimizer: trainer.training.optimizer, examples: trainer.trainingRows(d, domainIndex: 0, labelOffset: 0),
+            _ = try trainer.loop.run(m, settings, optimizer: trainer.training.optimizer, examples: trainer.trainingRows(d, domainIndex: 0, labelOffset: 0)
+                                         + trainer.synthesizedRows(d, domainIndex: 0, labelOffset: 0),
                                      policies: trainer.policies, replay: { _, _, _ in }, rng: &rng, label: settings.name)
             let e = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: trainer.tokens)
             out[d.name] = e.oracleF1(domain: 0, examples: evalRows[k])

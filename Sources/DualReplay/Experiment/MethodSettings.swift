@@ -37,6 +37,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     /// (nil = the method's). Optional so that states saved before the remedy existed still load.
     public var driftRefitSteps: Int?
     public var driftRefitLearningRate: Float?
+    /// Multi-intent augmentation (nil = off; absent from states and results saved before it existed).
+    public var multiIntent: MultiIntentAugmentation?
 
     public static func resolve(_ m: MethodConfig, training t: TrainingDefaults) throws -> MethodSettings {
         typealias D = ConfigDefaults
@@ -85,8 +87,19 @@ public struct MethodSettings: Codable, Equatable, Sendable {
             routerRescoreTopK: m.router.rescore.topK ?? D.rescoreTopK,
             routerRescoreThreshold: m.router.rescore.threshold ?? D.rescoreThreshold,
             driftRefitSteps: (m.heads.driftRefitSteps ?? D.driftRefitSteps) > 0 ? (m.heads.driftRefitSteps ?? D.driftRefitSteps) : nil,
-            driftRefitLearningRate: m.heads.driftRefitLearningRate)
+            driftRefitLearningRate: m.heads.driftRefitLearningRate,
+            multiIntent: m.multiIntent.flatMap { b in
+                let a = MultiIntentAugmentation(augmentShare: b.augmentShare ?? D.multiIntentAugmentShare,
+                                                conjunctions: b.conjunctions ?? D.multiIntentConjunctions,
+                                                maxIntents: b.maxIntents ?? D.multiIntentMaxIntents)
+                return a.augmentShare == 0 ? nil : a
+            })
         try s.validate(layers: m.adapter.layers)
+        if let b = m.multiIntent, let share = b.augmentShare, share == 0 {
+            // off, but its other fields must still be valid
+            try MultiIntentAugmentation(augmentShare: 1, conjunctions: b.conjunctions ?? D.multiIntentConjunctions,
+                                        maxIntents: b.maxIntents ?? D.multiIntentMaxIntents).validate(at: "methods[\(s.name)]")
+        }
         return s
     }
 
@@ -130,6 +143,27 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         try Bounds.check(real: floorWeight, 0...1, "\(at).replay.floorWeight")
         try Bounds.check(real: samplingFloorWeight, 0...1, "\(at).replay.samplingFloorWeight")
         try Bounds.check(real: forgettingEMA, 0...1, "\(at).replay.forgettingEMA")
+        try multiIntent?.validate(at: at)
+    }
+}
+
+extension MultiIntentAugmentation {
+    /// Bounds, with fields named `<at>.multiIntent.<field>`.
+    func validate(at: String) throws {
+        typealias B = ConfigBounds
+        try Bounds.check(real: augmentShare, B.multiIntentAugmentShare, "\(at).multiIntent.augmentShare")
+        try Bounds.check(maxIntents, B.multiIntentMaxIntents, "\(at).multiIntent.maxIntents")
+        guard !conjunctions.isEmpty else {
+            throw ConfigError.invalid(field: "\(at).multiIntent.conjunctions", reason: "must list at least one conjunction")
+        }
+        for (i, c) in conjunctions.enumerated() {
+            let t = c.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !t.isEmpty, t == c, c.utf8.count <= B.multiIntentConjunctionBytes,
+                  !c.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+                throw ConfigError.invalid(field: "\(at).multiIntent.conjunctions[\(i)]",
+                                          reason: "must be a non-empty phrase of at most \(B.multiIntentConjunctionBytes) bytes without leading or trailing spaces or control characters, got \"\(c)\"")
+            }
+        }
     }
 }
 

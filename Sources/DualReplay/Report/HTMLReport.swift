@@ -224,7 +224,7 @@ public enum HTMLReport {
         }
         if let c = r.routerConfusion, !c.isEmpty { s += figure("fig-router-confusion-\(r.id)", .routerConfusion, "Router confusion after the last domain (row: true domain, column: chosen; counts, shade: row share)", confusion(c, domains: r.domains, title: r.title)) }
         if let p = r.probes, !p.isEmpty { s += figure("fig-drop-\(r.id)", .dropAttribution, "Drop attribution per earlier domain (oracle head drop vs linear-probe drop, points)", dropAttribution(p, title: r.title)) }
-        if let m = r.multiIntent, !m.isEmpty { s += figure("fig-multi-intent-\(r.id)", .multiIntent, "Multi-intent fragility (single-intent accuracy vs any-hit, %)", multiIntent(m, title: r.title)) }
+        if let m = r.multiIntent, !m.isEmpty { s += figure("fig-multi-intent-\(r.id)", .multiIntent, "Multi-intent fragility (single-intent accuracy vs any-hit and exact-set, %)", multiIntent(m, title: r.title)) }
         return s + "</div>\n"
     }
 
@@ -300,7 +300,13 @@ public enum HTMLReport {
     static func multiIntent(_ m: [MultiIntentScore], title: String) -> String {
         let single = ChartSeries(name: "single-intent accuracy", color: seriesColor(0), values: m.map { 100 * $0.singleIntentAccuracy })
         let any = ChartSeries(name: "multi-intent any-hit", color: seriesColor(1), values: m.map { $0.count > 0 ? 100 * $0.anyHit : nil })
-        return barChart(categories: m.map { "\($0.domain) (fragility \(fixed(100 * $0.fragility)))" }, series: [single, any], yRange: 0...100,
+        var series = [single, any]
+        if m.contains(where: { $0.exactSet != nil }) {
+            // results made before set prediction have no exact-set rate: no bar for them
+            series.append(ChartSeries(name: "multi-intent exact-set", color: seriesColor(2),
+                                      values: m.map { s in s.exactSet.flatMap { s.count > 0 ? 100 * $0 : nil } }))
+        }
+        return barChart(categories: m.map { "\($0.domain) (fragility \(fixed(100 * $0.fragility)))" }, series: series, yRange: 0...100,
                         yTitle: "%", label: "multi-intent fragility of \(title)")
     }
 

@@ -79,6 +79,22 @@ public final class DomainTrainer {
         }
     }
 
+    /// The method's synthesized multi-intent training rows of domain `d` under gate `k`
+    /// (`MultiIntentSynthesis` over its training split; empty when the option is off). The first
+    /// part's intent is `label`, the others `extraLabels`. They train the domain's SGD phase only:
+    /// the buffer, the router and the prototypes keep seeing real single-intent rows.
+    public func synthesizedRows(_ d: ScenarioDomain, domainIndex k: Int, labelOffset: Int32? = nil) -> [TrainingRow] {
+        guard let a = settings.multiIntent else { return [] }
+        let count = Int((a.augmentShare * Double(d.train.count)).rounded())
+        let offset = labelOffset ?? d.labelOffset
+        return MultiIntentSynthesis.synthesize(d.train, domain: d.name, count: count, conjunctions: a.conjunctions,
+                                               maxIntents: a.maxIntents).compactMap { e in
+            let ids = e.intents.compactMap { d.intents.firstIndex(of: $0) }.map { offset + Int32($0) }
+            guard ids.count == e.intents.count, let first = ids.first else { return nil }
+            return TrainingRow(ids: tokens.ids(e.text), domain: k, label: first, extraLabels: Array(ids.dropFirst()))
+        }
+    }
+
     // MARK: - one domain
 
     public struct Outcome: Sendable {
@@ -107,9 +123,11 @@ public final class DomainTrainer {
         let parametersAdded = m.store.count - m.store.count(group: "router") - paramsBefore
         let rows = trainingRows(d, domainIndex: k)
         guard !rows.isEmpty else { throw RunnerError.data("domain \(d.name) has no training examples") }
-        progress("\(s.name) domain \(label) '\(d.name)' (\(rows.count) examples)")
+        let synthesized = synthesizedRows(d, domainIndex: k)
+        progress("\(s.name) domain \(label) '\(d.name)' (\(rows.count) examples"
+                 + (synthesized.isEmpty ? ")" : " + \(synthesized.count) synthesized multi-intent)"))
         var times = PhaseTimes()
-        let trained = try times.time(\.sgd) { try loop.run(m, s, optimizer: training.optimizer, examples: rows, policies: policies,
+        let trained = try times.time(\.sgd) { try loop.run(m, s, optimizer: training.optimizer, examples: rows + synthesized, policies: policies,
                                    replay: { tb, n, rng in self.drawReplay(st, into: &tb, count: n, newDomain: k, rng: &rng) },
                                    rng: &rng, label: "\(s.name) \(label)") }
         // validation score of every seen domain: the forgetting signal (`validationScores`)

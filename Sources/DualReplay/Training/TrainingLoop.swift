@@ -50,11 +50,16 @@ public enum RunnerError: LocalizedError, Equatable {
 }
 
 /// A labelled training example: token ids, the gate (domain index) it trains and its global class.
+/// A synthesized multi-intent example (`MultiIntentSynthesis`) also has `extraLabels`, its other
+/// gold classes (all in the same domain); single-intent rows have none.
 public struct TrainingRow: Sendable {
     public var ids: [Int32]
     public var domain: Int
     public var label: Int32
-    public init(ids: [Int32], domain: Int, label: Int32) { self.ids = ids; self.domain = domain; self.label = label }
+    public var extraLabels: [Int32]
+    public init(ids: [Int32], domain: Int, label: Int32, extraLabels: [Int32] = []) {
+        self.ids = ids; self.domain = domain; self.label = label; self.extraLabels = extraLabels
+    }
 }
 
 /// The checkpointed loop of one phase: epochs of shuffled new examples, each batch topped up with
@@ -122,7 +127,7 @@ public final class TrainingLoop {
                 var tb = TrainingBatch()
                 for i in order[start..<min(order.count, start + newPerBatch)] {
                     let e = examples[i]
-                    tb.append(ids: e.ids, gate: Int32(e.domain), label: e.label, range: m.domains[e.domain].classRange)
+                    tb.append(ids: e.ids, gate: Int32(e.domain), label: e.label, range: m.domains[e.domain].classRange, extraLabels: e.extraLabels)
                 }
                 if replayPerBatch > 0 { replay(&tb, replayPerBatch, &rng) }
                 if s.lossOverSeen {

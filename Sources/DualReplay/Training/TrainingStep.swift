@@ -3,11 +3,14 @@ import Foundation
 
 /// One training batch as the step sees it. Rows with label -1 carry no classification loss
 /// (general text); `logitTargets[i]` (over the row's class range) adds logit replay (DER);
-/// `anchorTargets[i]` (C floats) adds the representation-anchoring loss.
+/// `anchorTargets[i]` (C floats) adds the representation-anchoring loss. `extraLabels[i]`: the
+/// further gold classes of a multi-intent row (empty for single-intent rows); a row with extras
+/// trains the soft-target loss over {labels[i]} ∪ extraLabels[i].
 public struct TrainingBatch {
     public var sequences: [[Int32]] = []
     public var gateIds: [Int32] = []
     public var labels: [Int32] = []
+    public var extraLabels: [[Int32]] = []
     public var rangeLo: [Int32] = []
     public var rangeHi: [Int32] = []
     public var logitTargets: [[Float]?] = []
@@ -22,6 +25,7 @@ public struct TrainingBatch {
     public func rows(_ r: Range<Int>) -> TrainingBatch {
         var c = TrainingBatch()
         c.sequences = Array(sequences[r]); c.gateIds = Array(gateIds[r]); c.labels = Array(labels[r])
+        c.extraLabels = Array(extraLabels[r])
         c.rangeLo = Array(rangeLo[r]); c.rangeHi = Array(rangeHi[r])
         c.logitTargets = Array(logitTargets[r]); c.anchorTargets = Array(anchorTargets[r])
         c.logitLo = logitLo.map { Array($0[r]) }; c.logitHi = logitHi.map { Array($0[r]) }
@@ -36,8 +40,9 @@ public struct TrainingBatch {
         rangeLo = [Int32](repeating: 0, count: count)
         rangeHi = [Int32](repeating: Int32(classCount), count: count)
     }
-    public mutating func append(ids: [Int32], gate: Int32, label: Int32, range: Range<Int>, logits: [Float]? = nil, anchor: [Float]? = nil) {
-        sequences.append(ids); gateIds.append(gate); labels.append(label)
+    public mutating func append(ids: [Int32], gate: Int32, label: Int32, range: Range<Int>, logits: [Float]? = nil, anchor: [Float]? = nil,
+                                extraLabels extra: [Int32] = []) {
+        sequences.append(ids); gateIds.append(gate); labels.append(label); extraLabels.append(extra)
         rangeLo.append(Int32(range.lowerBound)); rangeHi.append(Int32(range.upperBound))
         logitTargets.append(logits); anchorTargets.append(anchor)
     }
@@ -138,8 +143,21 @@ extension ContinualModel {
         for b in 0..<B {
             if labels[b] < 0 { labels[b] = tb.rangeLo[b] } else { ceW[b] = norms.classification }
         }
-        let rc = dr_softmax_xent_forward_backward(&ctx.losses, &ctx.dlogits, nil, ctx.logitsBuf, labels, tb.rangeLo, tb.rangeHi, ceW, Int64(B), Int64(V))
-        guard rc == DR_OK else { throw TrainingError.invalidBatch("a label lies outside its domain's class range (code \(rc))") }
+        let rc: Int32
+        if tb.extraLabels.contains(where: { !$0.isEmpty }) {
+            // multi-intent rows: soft targets over each row's gold set (a set of one is the plain loss)
+            var offsets: [Int64] = [0], sets: [Int32] = []
+            for b in 0..<B {
+                sets.append(labels[b])
+                if tb.labels[b] >= 0 { sets += tb.extraLabels[b] }
+                offsets.append(Int64(sets.count))
+            }
+            rc = dr_softmax_set_xent_forward_backward(&ctx.losses, &ctx.dlogits, nil, ctx.logitsBuf, offsets, sets, tb.rangeLo, tb.rangeHi,
+                                                      ceW, Int64(B), Int64(V))
+        } else {
+            rc = dr_softmax_xent_forward_backward(&ctx.losses, &ctx.dlogits, nil, ctx.logitsBuf, labels, tb.rangeLo, tb.rangeHi, ceW, Int64(B), Int64(V))
+        }
+        guard rc == DR_OK else { throw TrainingError.invalidBatch("a label lies outside its domain's class range or a label set is malformed (code \(rc))") }
         for b in 0..<B where tb.labels[b] >= 0 { parts.classification += Double(ctx.losses[b]) * Double(ceW[b]) }
         if norms.logitReplay > 0, tb.logitTargets.contains(where: { $0 != nil }) {
             var w = [Float](repeating: 0, count: B)
