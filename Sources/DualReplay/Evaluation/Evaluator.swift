@@ -53,39 +53,56 @@ public final class Evaluator {
     }
 
     /// Macro-F1 of domain `j` with its own gate and head (the forgetting signal on validation rows).
-    public func oracleF1(domain j: Int, examples: [IntentExample]) -> Double {
-        let pred = tokens.ids(examples.map(\.text)).chunks().flatMap { oracle(Array($0), domain: j).classes }
-        return macroF1(predictions: pred, labels: labels(examples, domain: j), classes: model.domains[j].classRange.map(Int32.init))
+    /// Sharded over the ranks (a collective call), as every pass over many rows below.
+    public func oracleF1(domain j: Int, examples: [IntentExample]) throws -> Double {
+        let pred = try model.inference.map(chunksOf: tokens.ids(examples.map(\.text))) { oracle($0, domain: j).classes }
+        return macroF1(predictions: Array(pred.joined()), labels: labels(examples, domain: j), classes: model.domains[j].classRange.map(Int32.init))
     }
 
-    public func score(domain j: Int, examples: [IntentExample]) -> DomainScore {
-        let r = model.domains[j].classRange
-        var oraclePred: [Int32] = [], routedPred: [Int32] = [], routerCorrect = 0
-        var routedTo = [Int](repeating: 0, count: model.domains.count)
-        for part in tokens.ids(examples.map(\.text)).chunks() {
-            let seqs = Array(part)
-            let (logits, classes) = oracle(seqs, domain: j)
-            oraclePred += classes
-            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
-            routedPred += routed.classes.map(Int32.init)
-            routerCorrect += routed.domains.filter { $0 == j }.count
-            for d in routed.domains { routedTo[d] += 1 }
+    public func score(domain j: Int, examples: [IntentExample]) throws -> DomainScore {
+        try scores([(j, examples)])[0]
+    }
+
+    /// Oracle and routed scores of several domains' rows (`(domain, examples)`), their canonical
+    /// chunks in one sharded pass: chunk i of the list (domain after domain) on rank i mod N.
+    func scores(_ sets: [(domain: Int, examples: [IntentExample])]) throws -> [DomainScore] {
+        var parts: [(domain: Int, set: Int, seqs: [[Int32]])] = []
+        for (s, (j, rows)) in sets.enumerated() {
+            for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, s, Array(part))) }
         }
-        let y = labels(examples, domain: j), classes = r.map(Int32.init)
-        return DomainScore(routedF1: macroF1(predictions: routedPred, labels: y, classes: classes),
-                           oracleF1: macroF1(predictions: oraclePred, labels: y, classes: classes),
-                           routedAccuracy: accuracy(predictions: routedPred, labels: y),
-                           oracleAccuracy: accuracy(predictions: oraclePred, labels: y),
-                           routerCorrect: routerCorrect, count: examples.count, routedTo: routedTo)
+        // per chunk of B rows: oracle classes, routed classes, routed domains (3·B)
+        let out = try model.inference.map(parts.count, rows: { parts[$0].seqs.count }) { i -> [Int32] in
+            let (j, _, seqs) = parts[i]
+            let (logits, classes) = oracle(seqs, domain: j)
+            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
+            return classes + routed.classes.map(Int32.init) + routed.domains.map(Int32.init)
+        }
+        var oraclePred = [[Int32]](repeating: [], count: sets.count), routedPred = oraclePred, routedDomain = oraclePred
+        for (i, p) in parts.enumerated() {
+            let B = p.seqs.count, o = out[i]
+            oraclePred[p.set] += o[0..<B]
+            routedPred[p.set] += o[B..<(2 * B)]
+            routedDomain[p.set] += o[(2 * B)..<(3 * B)]
+        }
+        return sets.enumerated().map { s, set in
+            let (j, examples) = set
+            var routedTo = [Int](repeating: 0, count: model.domains.count)
+            for d in routedDomain[s] { routedTo[Int(d)] += 1 }
+            let y = labels(examples, domain: j), classes = model.domains[j].classRange.map(Int32.init)
+            return DomainScore(routedF1: macroF1(predictions: routedPred[s], labels: y, classes: classes),
+                               oracleF1: macroF1(predictions: oraclePred[s], labels: y, classes: classes),
+                               routedAccuracy: accuracy(predictions: routedPred[s], labels: y),
+                               oracleAccuracy: accuracy(predictions: oraclePred[s], labels: y),
+                               routerCorrect: routedDomain[s].filter { $0 == Int32(j) }.count, count: examples.count, routedTo: routedTo)
+        }
     }
 
     /// The R-matrix row of every seen domain; `examples[j]` are domain j's evaluation rows.
-    public func row(_ examples: [[IntentExample]]) -> Row {
+    public func row(_ examples: [[IntentExample]]) throws -> Row {
         precondition(examples.count <= model.domains.count, "row: \(examples.count) domains, the model knows \(model.domains.count)")
         var row = Row()
         var correct = 0, total = 0, confusion: [[Int]] = []
-        for (j, rows) in examples.enumerated() {
-            let e = score(domain: j, examples: rows)
+        for e in try scores(examples.enumerated().map { ($0, $1) }) {
             confusion.append(e.routedTo)
             row.routedF1.append(e.routedF1)
             row.oracleF1.append(e.oracleF1)
@@ -105,23 +122,30 @@ public final class Evaluator {
 
     /// Test macro-F1 of a linear probe fitted on domain `j`'s pooled features under its own gate:
     /// what the representation still holds, whatever its head makes of it.
-    public func probeF1(domain j: Int, train: [IntentExample], test: [IntentExample]) -> Double {
+    public func probeF1(domain j: Int, train: [IntentExample], test: [IntentExample]) throws -> Double {
         let d = model.domains[j]
-        func features(_ rows: [IntentExample]) -> (x: [Float], y: [Int32]) {
-            (model.pooled(tokens.ids(rows.map(\.text)), gate: j), labels(rows, domain: j).map { $0 - Int32(d.classOffset) })
+        func features(_ rows: [IntentExample]) throws -> (x: [Float], y: [Int32]) {
+            (try model.pooled(tokens.ids(rows.map(\.text)), gate: j), labels(rows, domain: j).map { $0 - Int32(d.classOffset) })
         }
-        let (xt, yt) = features(train), (xe, ye) = features(test)
+        let (xt, yt) = try features(train), (xe, ye) = try features(test)
         return LinearProbe.fitAndScore(trainFeatures: xt, trainLabels: yt, testFeatures: xe, testLabels: ye,
                                        dim: model.config.hidden, classes: d.intents.count)
     }
 
     /// Multi-intent fragility of domain `j` on utterances carrying several of its intents.
-    public func multiIntentScore(domain j: Int, rows: [IntentExample], singleIntentAccuracy: Double) -> MultiIntentScore {
+    public func multiIntentScore(domain j: Int, rows: [IntentExample], singleIntentAccuracy: Double) throws -> MultiIntentScore {
         let d = model.domains[j]
-        let out = predictor.predict(tokens.ids(rows.map(\.text)), features: .cached)
-        let preds = zip(out.domains, out.classes).map { k, c -> (domain: String, intent: String) in
-            let dom = model.domains[k]
-            return (dom.name, dom.intents[c - dom.classOffset])
+        // per chunk of B rows: routed domains, then classes (2·B)
+        let out = try model.inference.map(chunksOf: tokens.ids(rows.map(\.text))) { seqs -> [Int32] in
+            let o = predictor.predictChunk(seqs, features: .cached)
+            return (o.domains + o.classes).map(Int32.init)
+        }
+        let preds = out.flatMap { o in
+            let B = o.count / 2
+            return (0..<B).map { b -> (domain: String, intent: String) in
+                let dom = model.domains[Int(o[b])]
+                return (dom.name, dom.intents[Int(o[B + b]) - dom.classOffset])
+            }
         }
         return Diagnostics.score(domain: d.name, predictions: preds, gold: rows.map { (domain: d.name, intents: $0.intents) },
                                  singleIntentAccuracy: singleIntentAccuracy)

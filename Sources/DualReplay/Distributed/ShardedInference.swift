@@ -1,0 +1,137 @@
+import Foundation
+
+/// Inference over the ranks of a data-parallel job: evaluation rows, validation scores, intent
+/// prototypes' features, the logits stored for replay. The work comes as canonical chunks
+/// (`inferenceChunk` rows each, cut per domain exactly as one process cuts them, so no number
+/// depends on the rank count); chunk i is computed by rank i mod N, and the chunks' outputs are
+/// gathered so that every rank holds all of them, in chunk order, bit for bit. Every rank needs
+/// the whole result (validation scores steer the buffer quotas on every rank; rank 0 writes).
+///
+/// Like every collective operation, `map` is called by all ranks in the same order with the same
+/// chunks; the chunks' bodies are local (they must not call `map` or a collective themselves).
+/// A body that throws on one rank does not leave the others waiting: its message travels with
+/// the gathered outputs, and every rank throws `JobError.rankFailed` (the `agree` pattern). One
+/// process: the bodies run in order and their errors are thrown as they are.
+public final class ShardedInference {
+    public let collective: Collective
+
+    public init(collective: Collective = SingleProcess()) { self.collective = collective }
+
+    /// Chunks and utterances this rank computed, and those of every map it took part in (the
+    /// whole job's): each rank's share is about 1/N of the total.
+    public struct Tally: Equatable, Sendable {
+        public var chunks = 0, rows = 0
+        public var totalChunks = 0, totalRows = 0
+        public init(chunks: Int = 0, rows: Int = 0, totalChunks: Int = 0, totalRows: Int = 0) {
+            self.chunks = chunks; self.rows = rows; self.totalChunks = totalChunks; self.totalRows = totalRows
+        }
+    }
+    public private(set) var tally = Tally()
+    /// Seconds spent gathering outputs (communication).
+    public private(set) var communicationSeconds = 0.0
+
+    /// Test hook (`DR_CRASH_AT=evalfail:N`, `CrashInjection`): called with this process's running
+    /// count of computed chunks before each one; a throw is that chunk's failure.
+    nonisolated(unsafe) static var faultInjection: ((Int) throws -> Void)?
+
+    /// The rank that computes chunk `i` of a map.
+    public func owner(ofChunk i: Int) -> Int { i % collective.size }
+
+    private var inMap = false
+
+    /// `body(i)` for every chunk i in 0..<count (chunk i on rank i mod N), on every rank, in chunk
+    /// order. `rows(i)`: chunk i's utterances, for the tally. `T` is a plain value type (Int32,
+    /// Float): outputs are gathered as their bytes.
+    public func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, _ body: (Int) throws -> [T]) throws -> [[T]] {
+        precondition(!inMap, "ShardedInference.map: a chunk's body must not start another map (it would be a collective inside a chunk)")
+        inMap = true
+        defer { inMap = false }
+        let size = collective.size, rank = collective.rank
+        guard count > 0 else { return [] }
+        tally.totalChunks += count
+        for i in 0..<count { tally.totalRows += rows(i) }
+        func compute(_ i: Int) throws -> [T] {
+            try Self.faultInjection?(tally.chunks)
+            let out = try body(i)
+            tally.chunks += 1
+            tally.rows += rows(i)
+            return out
+        }
+        if size == 1 { return try (0..<count).map(compute) }
+
+        // this rank's chunks, packed as words: per chunk its element count, then its bytes
+        var words: [UInt32] = [], failure: String?
+        for i in Swift.stride(from: rank, to: count, by: size) {
+            do {
+                let out = try compute(i)
+                Self.pack(out, into: &words)
+            } catch {
+                failure = SingleProcess.message(of: error)
+                break
+            }
+        }
+        if let failure { words = []; Self.pack(Array(failure.utf8), into: &words) }
+        // round 1: every rank's word count, its top bit set for a failure message
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { communicationSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
+        let failedBit: UInt64 = 1 << 63
+        let heads = try collective.allGather(UInt64(words.count) | (failure == nil ? 0 : failedBit))
+        let counts = heads.map { Int($0 & ~failedBit) }
+        // round 2: the words themselves (as floats: the collective moves their bits untouched)
+        var all = [UInt32](repeating: 0, count: counts.reduce(0, +))
+        try words.withUnsafeBufferPointer { send in
+            try all.withUnsafeMutableBufferPointer { recv in
+                try send.withMemoryRebound(to: Float.self) { s in
+                    try recv.withMemoryRebound(to: Float.self) { r in try collective.allGather(s, into: r, counts: counts) }
+                }
+            }
+        }
+        var starts: [Int] = [], at = 0
+        for c in counts { starts.append(at); at += c }
+        if let r = heads.firstIndex(where: { $0 & failedBit != 0 }) {
+            var cursor = starts[r]
+            let text: [UInt8] = Self.unpack(all, at: &cursor)
+            throw JobError.rankFailed(rank: r, size: size, message: String(decoding: text, as: UTF8.self))
+        }
+        var cursors = starts
+        return (0..<count).map { i in Self.unpack(all, at: &cursors[i % size]) }
+    }
+
+    /// Every rank's tally, in rank order (a collective call).
+    public func gatherTallies() throws -> [Tally] {
+        let own = tally
+        let chunks = try collective.allGather(UInt64(own.chunks)), rows = try collective.allGather(UInt64(own.rows))
+        return (0..<collective.size).map { Tally(chunks: Int(chunks[$0]), rows: Int(rows[$0]), totalChunks: own.totalChunks, totalRows: own.totalRows) }
+    }
+
+    /// `map` over slices of `sequences` cut into canonical chunks (`inferenceChunk` rows).
+    public func map<T: BitwiseCopyable>(chunksOf sequences: [[Int32]], _ body: ([[Int32]]) throws -> [T]) throws -> [[T]] {
+        let parts = sequences.chunks()
+        return try map(parts.count, rows: { parts[$0].count }) { try body(Array(parts[$0])) }
+    }
+
+    static func pack<T: BitwiseCopyable>(_ values: [T], into words: inout [UInt32]) {
+        let bytes = values.count * MemoryLayout<T>.stride
+        words.append(UInt32(values.count))
+        let start = words.count
+        words.append(contentsOf: repeatElement(0, count: (bytes + 3) / 4))
+        words.withUnsafeMutableBytes { w in
+            values.withUnsafeBytes { v in
+                if let src = v.baseAddress, bytes > 0 { (w.baseAddress! + start * 4).copyMemory(from: src, byteCount: bytes) }
+            }
+        }
+    }
+
+    static func unpack<T: BitwiseCopyable>(_ words: [UInt32], at cursor: inout Int) -> [T] {
+        let n = Int(words[cursor]), bytes = n * MemoryLayout<T>.stride
+        cursor += 1
+        var out = [T]()
+        out.reserveCapacity(n)
+        words.withUnsafeBytes { w in
+            let base = w.baseAddress! + cursor * 4
+            for k in 0..<n { out.append(base.loadUnaligned(fromByteOffset: k * MemoryLayout<T>.stride, as: T.self)) }
+        }
+        cursor += (bytes + 3) / 4
+        return out
+    }
+}
