@@ -18,12 +18,13 @@ public final class ShardedInference {
     public init(collective: Collective = SingleProcess()) { self.collective = collective }
 
     /// Chunks and utterances this rank computed, and those of every map it took part in (the
-    /// whole job's): each rank's share is about 1/N of the total.
+    /// whole job's) and how many maps (`passes`): a map of c chunks gives each rank ⌊c/N⌋ or
+    /// ⌈c/N⌉ of them, so a rank's share is within `passes` chunks of totalChunks/N.
     public struct Tally: Equatable, Sendable {
         public var chunks = 0, rows = 0
-        public var totalChunks = 0, totalRows = 0
-        public init(chunks: Int = 0, rows: Int = 0, totalChunks: Int = 0, totalRows: Int = 0) {
-            self.chunks = chunks; self.rows = rows; self.totalChunks = totalChunks; self.totalRows = totalRows
+        public var totalChunks = 0, totalRows = 0, passes = 0
+        public init(chunks: Int = 0, rows: Int = 0, totalChunks: Int = 0, totalRows: Int = 0, passes: Int = 0) {
+            self.chunks = chunks; self.rows = rows; self.totalChunks = totalChunks; self.totalRows = totalRows; self.passes = passes
         }
     }
     public private(set) var tally = Tally()
@@ -49,6 +50,7 @@ public final class ShardedInference {
         let size = collective.size, rank = collective.rank
         guard count > 0 else { return [] }
         tally.totalChunks += count
+        tally.passes += 1
         for i in 0..<count { tally.totalRows += rows(i) }
         func compute(_ i: Int) throws -> [T] {
             try Self.faultInjection?(tally.chunks)
@@ -101,7 +103,9 @@ public final class ShardedInference {
     public func gatherTallies() throws -> [Tally] {
         let own = tally
         let chunks = try collective.allGather(UInt64(own.chunks)), rows = try collective.allGather(UInt64(own.rows))
-        return (0..<collective.size).map { Tally(chunks: Int(chunks[$0]), rows: Int(rows[$0]), totalChunks: own.totalChunks, totalRows: own.totalRows) }
+        return (0..<collective.size).map {
+            Tally(chunks: Int(chunks[$0]), rows: Int(rows[$0]), totalChunks: own.totalChunks, totalRows: own.totalRows, passes: own.passes)
+        }
     }
 
     /// `map` over slices of `sequences` cut into canonical chunks (`inferenceChunk` rows).
