@@ -174,7 +174,7 @@ func reportInferenceShares(_ job: Collective) throws {
     let shares = try Parallelism.inference.gatherTallies()
     guard job.rank == 0, let t = shares.first else { return }
     printError("dualreplay: inference sharded over \(job.size) ranks: chunks " + shares.map { "\($0.chunks)" }.joined(separator: "/")
-               + " of \(t.totalChunks), utterances " + shares.map { "\($0.rows)" }.joined(separator: "/") + " of \(t.totalRows)")
+               + " of \(t.totalChunks) in \(t.passes) passes, utterances " + shares.map { "\($0.rows)" }.joined(separator: "/") + " of \(t.totalRows)")
 }
 
 /// The code version embedded at build time (`BuildInfo.codeVersion`), wherever the run starts.

@@ -27,7 +27,12 @@ public final class ShardedInference {
             self.chunks = chunks; self.rows = rows; self.totalChunks = totalChunks; self.totalRows = totalRows; self.passes = passes
         }
     }
-    public private(set) var tally = Tally()
+    public var tally: Tally { lock.lock(); defer { lock.unlock() }; return counts }
+    /// One process may run models on several threads at once (tests), all on the process's
+    /// one-process instance: the tally is kept under a lock.
+    private var counts = Tally()
+    private let lock = NSLock()
+    private func record(_ change: (inout Tally) -> Void) { lock.lock(); change(&counts); lock.unlock() }
     /// Seconds spent gathering outputs (communication).
     public private(set) var communicationSeconds = 0.0
 
@@ -44,22 +49,21 @@ public final class ShardedInference {
     /// order. `rows(i)`: chunk i's utterances, for the tally. `T` is a plain value type (Int32,
     /// Float): outputs are gathered as their bytes.
     public func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, _ body: (Int) throws -> [T]) throws -> [[T]] {
-        precondition(!inMap, "ShardedInference.map: a chunk's body must not start another map (it would be a collective inside a chunk)")
-        inMap = true
-        defer { inMap = false }
         let size = collective.size, rank = collective.rank
         guard count > 0 else { return [] }
-        tally.totalChunks += count
-        tally.passes += 1
-        for i in 0..<count { tally.totalRows += rows(i) }
+        let utterances = (0..<count).reduce(0) { $0 + rows($1) }
+        record { $0.totalChunks += count; $0.passes += 1; $0.totalRows += utterances }
         func compute(_ i: Int) throws -> [T] {
             try Self.faultInjection?(tally.chunks)
             let out = try body(i)
-            tally.chunks += 1
-            tally.rows += rows(i)
+            record { $0.chunks += 1; $0.rows += rows(i) }
             return out
         }
         if size == 1 { return try (0..<count).map(compute) }
+        // (ranks call collectives from one thread; one process may nest maps harmlessly)
+        precondition(!inMap, "ShardedInference.map: a chunk's body must not start another map (it would be a collective inside a chunk)")
+        inMap = true
+        defer { inMap = false }
 
         // this rank's chunks, packed as words: per chunk its element count, then its bytes
         var words: [UInt32] = [], failure: String?
