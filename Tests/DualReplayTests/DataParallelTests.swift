@@ -137,7 +137,7 @@ import Testing
     }
 
     /// Uneven chunk outputs (empty ones, NaN and infinity bit patterns): every rank gets every
-    /// chunk's output in chunk order, bit for bit; chunk i ran on rank i mod N and nowhere else.
+    /// chunk's output in chunk order, bit for bit; chunk i ran on rank (i + key) mod N and nowhere else.
     @Test(arguments: [1, 2, 3, 4])
     func shardedMapGathersEveryChunkOnEveryRank(ranks: Int) throws {
         let count = 11
@@ -146,13 +146,13 @@ import Testing
             return (0..<(i % 4 == 1 ? 0 : 3 + i)).map { Float(bitPattern: bits[$0 % 4] &+ UInt32($0 / 4)) }
         }
         let rows = { (i: Int) in 1 + i % 3 }
-        let got = Self.onRanks(ranks) { c -> (out: [[Float]], ran: [Int], tally: ShardedInference.Tally, again: [[Int32]]) in
+        let got = Self.onRanks(ranks) { c -> (out: [[Float]], ran: [Int], tally: ShardedInference.Tally, again: [[Int32]], ranAgain: [Int]) in
             let s = ShardedInference(collective: c)
-            var ran: [Int] = []
+            var ran: [Int] = [], ranAgain: [Int] = []
             let out = try s.map(count, rows: rows) { i in ran.append(i); return output(i) }
-            // a second map of another type over the same group
-            let again = try s.map(3, rows: { _ in 2 }) { i in [Int32(i), Int32(-i)] }
-            return (out, ran, s.tally, again)
+            // a second map of another type over the same group, with a key: it starts on rank 7 mod N
+            let again = try s.map(3, rows: { _ in 2 }, key: 7) { i in ranAgain.append(i); return [Int32(i), Int32(-i)] }
+            return (out, ran, s.tally, again, ranAgain)
         }
         let want = (0..<count).map { output($0).map(\.bitPattern) }
         var chunks = 0, utterances = 0
@@ -161,7 +161,8 @@ import Testing
             #expect(g.out.map { $0.map(\.bitPattern) } == want, "rank \(r) of \(ranks): gathered outputs differ")
             #expect(g.again == (0..<3).map { [Int32($0), Int32(-$0)] })
             #expect(g.ran == Array(stride(from: r, to: count, by: ranks)), "rank \(r) of \(ranks) ran \(g.ran)")
-            let mine = g.ran.count + Array(stride(from: r, to: 3, by: ranks)).count
+            #expect(g.ranAgain == (0..<3).filter { ($0 + 7) % ranks == r }, "rank \(r) of \(ranks) ran \(g.ranAgain) of the keyed map")
+            let mine = g.ran.count + g.ranAgain.count
             #expect(g.tally.chunks == mine && g.tally.totalChunks == count + 3 && g.tally.passes == 2)
             #expect(g.tally.totalRows == (0..<count).map(rows).reduce(0, +) + 6)
             chunks += g.tally.chunks

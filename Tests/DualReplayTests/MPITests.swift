@@ -298,7 +298,7 @@ import Glibc
             #expect(r.stderr.contains("on \(ranks) MPI ranks (data)"), "\(r.stderr)")
             let shares = try #require(Self.inferenceShares(r.stderr), "no inference shares reported: \(r.stderr)")
             #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total && shares.rows.reduce(0, +) == shares.totalRows)
-            #expect(shares.total > 2 * shares.passes, "mostly one-chunk passes: \(shares)")
+            #expect(shares.total > shares.passes, "only one-chunk passes: nothing to share out: \(shares)")
             for (rank, c) in shares.chunks.enumerated() {
                 #expect(c > 0 && abs(c * ranks - shares.total) <= ranks * shares.passes, "rank \(rank) computed \(c) of \(shares.total) chunks")
             }
@@ -357,6 +357,12 @@ import Glibc
             let refMetrics = try JSONDecoder().decode([MetricsRow].self, from: ref["metrics.json"]!)
             #expect(metrics.map(\.routedF1) == refMetrics.map(\.routedF1) && metrics.map(\.oracleF1) == refMetrics.map(\.oracleF1))
             #expect(r.stdout.components(separatedBy: "## Onboarded").count == 3, "rank 0 alone prints the two diffs: \(r.stdout)")
+            if ranks > 1 {
+                // evaluation, validation and prototypes were sharded: each chunk computed once, ranks 0 and 1 both took
+                // some (these domains are one canonical chunk each, so ranks past the chunks of a pass idle)
+                let shares = try #require(Self.inferenceShares(r.stderr), "\(ranks) ranks: no inference shares reported: \(r.stderr)")
+                #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total && shares.chunks[1] > 0, "\(shares)")
+            }
         }
 
         // 24 rows per domain, 6 new per batch: 8 steps per domain; rank 1 dies at step 11 (domain 2, after its checkpoint of step 2)

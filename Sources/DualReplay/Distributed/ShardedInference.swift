@@ -3,7 +3,8 @@ import Foundation
 /// Inference over the ranks of a data-parallel job: evaluation rows, validation scores, intent
 /// prototypes' features, the logits stored for replay. The work comes as canonical chunks
 /// (`inferenceChunk` rows each, cut per domain exactly as one process cuts them, so no number
-/// depends on the rank count); chunk i is computed by rank i mod N, and the chunks' outputs are
+/// depends on the rank count); chunk i is computed by rank (i + key) mod N, where the pass's `key`
+/// is a hash of its first chunk (`key(of:)`), and the chunks' outputs are
 /// gathered so that every rank holds all of them, in chunk order, bit for bit. Every rank needs
 /// the whole result (validation scores steer the buffer quotas on every rank; rank 0 writes).
 ///
@@ -40,15 +41,31 @@ public final class ShardedInference {
     /// count of computed chunks before each one; a throw is that chunk's failure.
     nonisolated(unsafe) static var faultInjection: ((Int) throws -> Void)?
 
-    /// The rank that computes chunk `i` of a map.
-    public func owner(ofChunk i: Int) -> Int { i % collective.size }
+    /// The rank that computes chunk `i` of a map with key `key`. A pass that recurs after every
+    /// domain (evaluation rows, validation) starts with the same chunk each time, so each of its
+    /// chunks stays on one rank (where its frozen prefix and router features are cached); the
+    /// one-off passes (a domain's prototypes, its stored logits) start on ranks spread by their
+    /// first chunk, so a short pass does not always land on rank 0.
+    public func owner(ofChunk i: Int, key: UInt64) -> Int { Int((UInt64(i) &+ key % UInt64(collective.size)) % UInt64(collective.size)) }
+
+    /// A pass's key: a hash of its first chunk's token ids (0 for none, or one process).
+    public func key(of firstChunk: [[Int32]]?) -> UInt64 {
+        guard collective.size > 1, let firstChunk else { return 0 }
+        var h = FNV1a()
+        for s in firstChunk {
+            var n = UInt32(s.count)
+            withUnsafeBytes(of: &n) { h.add($0) }
+            s.withUnsafeBytes { h.add($0) }
+        }
+        return h.value
+    }
 
     private var inMap = false
 
-    /// `body(i)` for every chunk i in 0..<count (chunk i on rank i mod N), on every rank, in chunk
-    /// order. `rows(i)`: chunk i's utterances, for the tally. `T` is a plain value type (Int32,
-    /// Float): outputs are gathered as their bytes.
-    public func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, _ body: (Int) throws -> [T]) throws -> [[T]] {
+    /// `body(i)` for every chunk i in 0..<count (on rank `owner(ofChunk: i, key: key)`), on every
+    /// rank, in chunk order. `rows(i)`: chunk i's utterances, for the tally. `T` is a plain value
+    /// type (Int32, Float): outputs are gathered as their bytes.
+    public func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, key: UInt64 = 0, _ body: (Int) throws -> [T]) throws -> [[T]] {
         let size = collective.size, rank = collective.rank
         guard count > 0 else { return [] }
         let utterances = (0..<count).reduce(0) { $0 + rows($1) }
@@ -67,7 +84,7 @@ public final class ShardedInference {
 
         // this rank's chunks, packed as words: per chunk its element count, then its bytes
         var words: [UInt32] = [], failure: String?
-        for i in Swift.stride(from: rank, to: count, by: size) {
+        for i in 0..<count where owner(ofChunk: i, key: key) == rank {
             do {
                 let out = try compute(i)
                 Self.pack(out, into: &words)
@@ -100,7 +117,7 @@ public final class ShardedInference {
             throw JobError.rankFailed(rank: r, size: size, message: String(decoding: text, as: UTF8.self))
         }
         var cursors = starts
-        return (0..<count).map { i in Self.unpack(all, at: &cursors[i % size]) }
+        return (0..<count).map { i in Self.unpack(all, at: &cursors[owner(ofChunk: i, key: key)]) }
     }
 
     /// Every rank's tally, in rank order (a collective call).
@@ -115,7 +132,7 @@ public final class ShardedInference {
     /// `map` over slices of `sequences` cut into canonical chunks (`inferenceChunk` rows).
     public func map<T: BitwiseCopyable>(chunksOf sequences: [[Int32]], _ body: ([[Int32]]) throws -> [T]) throws -> [[T]] {
         let parts = sequences.chunks()
-        return try map(parts.count, rows: { parts[$0].count }) { try body(Array(parts[$0])) }
+        return try map(parts.count, rows: { parts[$0].count }, key: key(of: parts.first.map(Array.init))) { try body(Array(parts[$0])) }
     }
 
     static func pack<T: BitwiseCopyable>(_ values: [T], into words: inout [UInt32]) {

@@ -64,14 +64,14 @@ public final class Evaluator {
     }
 
     /// Oracle and routed scores of several domains' rows (`(domain, examples)`), their canonical
-    /// chunks in one sharded pass: chunk i of the list (domain after domain) on rank i mod N.
+    /// chunks in one sharded pass (the list domain after domain, its first chunk the key).
     func scores(_ sets: [(domain: Int, examples: [IntentExample])]) throws -> [DomainScore] {
         var parts: [(domain: Int, set: Int, seqs: [[Int32]])] = []
         for (s, (j, rows)) in sets.enumerated() {
             for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, s, Array(part))) }
         }
         // per chunk of B rows: oracle classes, routed classes, routed domains (3·B)
-        let out = try model.inference.map(parts.count, rows: { parts[$0].seqs.count }) { i -> [Int32] in
+        let out = try model.inference.map(parts.count, rows: { parts[$0].seqs.count }, key: model.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
             let (j, _, seqs) = parts[i]
             let (logits, classes) = oracle(seqs, domain: j)
             let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))

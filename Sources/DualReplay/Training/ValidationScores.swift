@@ -16,8 +16,8 @@ extension DomainTrainer {
     /// newest domain's score when it has one intent (its trivial oracle F1), and a routed recall
     /// while the router knows a single domain (trivially 1).
     ///
-    /// Every domain's canonical chunks go through one sharded pass (chunk i of the list, domain
-    /// after domain, on rank i mod N), so every rank gets the same scores (they steer its buffer).
+    /// Every domain's canonical chunks go through one sharded pass (the list domain after domain,
+    /// `ShardedInference.owner`), so every rank gets the same scores (they steer its buffer).
     func validationScores(_ st: LearnerState, validation: [[IntentExample]]) throws -> (scores: [Double], reference: [Bool]) {
         let m = st.model, k = m.domains.count - 1
         precondition(validation.count == k + 1, "validationScores: rows for \(validation.count) domains, expected \(k + 1)")
@@ -29,7 +29,7 @@ extension DomainTrainer {
             for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, Array(part))) }
         }
         // per chunk: its oracle classes, or the number of its rows routed to their own domain
-        let out = try m.inference.map(parts.count, rows: { parts[$0].seqs.count }) { i -> [Int32] in
+        let out = try m.inference.map(parts.count, rows: { parts[$0].seqs.count }, key: m.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
             let (j, seqs) = parts[i]
             return byOracle[j] ? oracle.oracle(seqs, domain: j).classes : [Int32(routedHits(st, domain: j, seqs, among: k))]
         }
