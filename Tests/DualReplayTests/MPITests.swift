@@ -358,10 +358,11 @@ import Glibc
             #expect(metrics.map(\.routedF1) == refMetrics.map(\.routedF1) && metrics.map(\.oracleF1) == refMetrics.map(\.oracleF1))
             #expect(r.stdout.components(separatedBy: "## Onboarded").count == 3, "rank 0 alone prints the two diffs: \(r.stdout)")
             if ranks > 1 {
-                // evaluation, validation and prototypes were sharded: each chunk computed once, ranks 0 and 1 both took
-                // some (these domains are one canonical chunk each, so ranks past the chunks of a pass idle)
+                // evaluation, validation and prototypes were sharded: each chunk computed once, on two ranks at least
+                // (these domains are one canonical chunk each, so a pass has at most two and the other ranks idle)
                 let shares = try #require(Self.inferenceShares(r.stderr), "\(ranks) ranks: no inference shares reported: \(r.stderr)")
-                #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total && shares.chunks[1] > 0, "\(shares)")
+                #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total, "\(shares)")
+                #expect(shares.chunks.filter { $0 > 0 }.count >= 2, "\(ranks) ranks: one rank computed everything: \(shares)")
             }
         }
 
