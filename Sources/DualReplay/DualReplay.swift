@@ -9,8 +9,12 @@ public func setComputeThreads(_ n: Int) {
 }
 
 /// The process's share of the work: its compute threads and the collective of the job (one
-/// process, or the ranks of an MPI launch).
+/// process, or the ranks of an MPI launch), and the job's sharded inference over that collective
+/// (one per process, so its tally covers every model of the job).
 public enum Parallelism {
     nonisolated(unsafe) public static var threads = 1
-    nonisolated(unsafe) public static var collective: Collective = SingleProcess()
+    nonisolated(unsafe) public static var collective: Collective = SingleProcess() {
+        didSet { inference = ShardedInference(collective: collective) }
+    }
+    nonisolated(unsafe) public static var inference = ShardedInference()
 }

@@ -259,6 +259,7 @@ struct OnboardCommand: ParsableCommand {
                 throw ExitCode(130)
             }
         }
+        try reportInferenceShares(job)
     }
 
     /// DIR/report.html of the version just saved (`dualreplay report DIR`). The version is saved

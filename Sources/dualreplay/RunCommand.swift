@@ -125,6 +125,7 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
         }
         throw ExitCode(130)
     }
+    if mode == .data { try reportInferenceShares(job) }
     results.baseModel = BaseModelShape(encoder.weights)
     results.ranks = job.size
     results.parallel = job.size > 1 ? mode.rawValue : nil
@@ -165,6 +166,16 @@ func agreedStop(_ job: Collective) -> () -> Bool {
             job.abort(code: 1)
         }
     }
+}
+
+/// Data-parallel under MPI: rank 0 prints every rank's share of the sharded inference passes
+/// (evaluation, validation, prototypes, stored logits). Every rank calls it (a collective).
+func reportInferenceShares(_ job: Collective) throws {
+    guard job.size > 1 else { return }
+    let shares = try Parallelism.inference.gatherTallies()
+    guard job.rank == 0, let t = shares.first else { return }
+    printError("dualreplay: inference sharded over \(job.size) ranks: chunks " + shares.map { "\($0.chunks)" }.joined(separator: "/")
+               + " of \(t.totalChunks) in \(t.passes) passes, utterances " + shares.map { "\($0.rows)" }.joined(separator: "/") + " of \(t.totalRows)")
 }
 
 /// The code version embedded at build time (`BuildInfo.codeVersion`), wherever the run starts.

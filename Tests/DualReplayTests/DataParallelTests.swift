@@ -112,6 +112,169 @@ import Testing
         let byRank = Self.trainOnRanks(6, chunkSize: 4) { _ in 1 }
         for r in 0..<6 { #expect(byRank[r] == reference, "rank \(r) of 6 differs from the one-process run") }
     }
+
+    // MARK: - sharded inference
+
+    /// `body(rank's collective)` on `ranks` in-process ranks, one thread each, BLAS
+    /// single-threaded for the whole group; every rank's outcome, in rank order.
+    static func onRanks<T>(_ ranks: Int, _ body: @escaping (Collective) throws -> T) -> [Result<T, Error>] {
+        let group = LoopbackGroup(size: ranks)
+        let saved = dr_blas_get_threads()
+        dr_blas_set_threads(1)
+        defer { dr_blas_set_threads(saved) }
+        let results = RankResults<T>(ranks)
+        let lock = NSLock(), done = DispatchGroup()
+        for r in 0..<ranks {
+            done.enter()
+            Thread {
+                let out = Result { try body(group.rank(r)) }
+                lock.lock(); results.byRank[r] = out; lock.unlock()
+                done.leave()
+            }.start()
+        }
+        done.wait()
+        return results.byRank.map { $0! }
+    }
+
+    /// Uneven chunk outputs (empty ones, NaN and infinity bit patterns): every rank gets every
+    /// chunk's output in chunk order, bit for bit; chunk i ran on rank (i + key) mod N and nowhere else.
+    @Test(arguments: [1, 2, 3, 4])
+    func shardedMapGathersEveryChunkOnEveryRank(ranks: Int) throws {
+        let count = 11
+        func output(_ i: Int) -> [Float] {
+            let bits: [UInt32] = [0x7FC0_0001 &+ UInt32(i), 0xFF80_0000, 0x8000_0000, UInt32(i) &* 0x9E37_79B9]
+            return (0..<(i % 4 == 1 ? 0 : 3 + i)).map { Float(bitPattern: bits[$0 % 4] &+ UInt32($0 / 4)) }
+        }
+        let rows = { (i: Int) in 1 + i % 3 }
+        let got = Self.onRanks(ranks) { c -> (out: [[Float]], ran: [Int], tally: ShardedInference.Tally, again: [[Int32]], ranAgain: [Int]) in
+            let s = ShardedInference(collective: c)
+            var ran: [Int] = [], ranAgain: [Int] = []
+            let out = try s.map(count, rows: rows) { i in ran.append(i); return output(i) }
+            // a second map of another type over the same group, with a key: it starts on rank 7 mod N
+            let again = try s.map(3, rows: { _ in 2 }, key: 7) { i in ranAgain.append(i); return [Int32(i), Int32(-i)] }
+            return (out, ran, s.tally, again, ranAgain)
+        }
+        let want = (0..<count).map { output($0).map(\.bitPattern) }
+        var chunks = 0, utterances = 0
+        for (r, result) in got.enumerated() {
+            let g = try result.get()
+            #expect(g.out.map { $0.map(\.bitPattern) } == want, "rank \(r) of \(ranks): gathered outputs differ")
+            #expect(g.again == (0..<3).map { [Int32($0), Int32(-$0)] })
+            #expect(g.ran == Array(stride(from: r, to: count, by: ranks)), "rank \(r) of \(ranks) ran \(g.ran)")
+            #expect(g.ranAgain == (0..<3).filter { ($0 + 7) % ranks == r }, "rank \(r) of \(ranks) ran \(g.ranAgain) of the keyed map")
+            let mine = g.ran.count + g.ranAgain.count
+            #expect(g.tally.chunks == mine && g.tally.totalChunks == count + 3 && g.tally.passes == 2)
+            #expect(g.tally.totalRows == (0..<count).map(rows).reduce(0, +) + 6)
+            chunks += g.tally.chunks
+            utterances += g.tally.rows
+        }
+        #expect(chunks == count + 3 && utterances == (0..<count).map(rows).reduce(0, +) + 6, "every chunk computed exactly once")
+    }
+
+    /// A chunk that throws on one rank: every rank throws the same `JobError.rankFailed` naming
+    /// that rank (none waits for it), and the group still works for the next collective call. One
+    /// process: the error as it was thrown.
+    @Test func failedChunkOnOneRankFailsEveryRankAlike() throws {
+        let got = Self.onRanks(3) { c -> [[Int32]] in
+            let s = ShardedInference(collective: c)
+            let failed = JobError.rankFailed(rank: 1, size: 3, message: "chunk 4 cannot be read")
+            #expect(throws: failed, "rank \(c.rank)") {
+                try s.map(7, rows: { _ in 1 }) { i -> [Int32] in
+                    if i == 4 { throw RunnerError.data("chunk 4 cannot be read") }
+                    return [Int32(i)]
+                }
+            }
+            #expect(failed.localizedDescription == "rank 1 of 3: chunk 4 cannot be read")
+            return try s.map(4, rows: { _ in 1 }) { [Int32($0)] }
+        }
+        for r in got { #expect(try r.get() == [[0], [1], [2], [3]]) }
+        let one = ShardedInference()
+        #expect(throws: RunnerError.data("x")) { try one.map(3, rows: { _ in 1 }) { i -> [Int32] in if i == 2 { throw RunnerError.data("x") }; return [] } }
+        #expect(try one.map(0, rows: { _ in 1 }) { _ -> [Int32] in Issue.record("no chunk to run"); return [] }.isEmpty)
+    }
+
+    /// What one rank keeps of a sharded Dual-Replay run: validation scores, R rows (bits), probe
+    /// and multi-intent scores, final parameters and buffer logits, and its tally.
+    struct ShardedRun {
+        var validation: [[UInt64]] = [], rows: [[UInt64]] = [], confusion: [[[Int]]] = [], diagnostics: [UInt64] = []
+        var parameters: [UInt32] = [], bufferLogits: [UInt32] = []
+        var tally = ShardedInference.Tally()
+    }
+
+    /// Three domains with 75 validation and 90 test rows each (canonical chunks of 64: two per
+    /// domain), chunked gradients, logit replay, head realignment and prototype routing, on the
+    /// tiny random encoder; every sharded pass runs over `collective`'s ranks.
+    static func shardedRun(_ collective: Collective) throws -> ShardedRun {
+        let enc = try StateTests.encoder()
+        var cfg = StateTests.config()
+        cfg.training?.gradientChunk = 2
+        let training = cfg.training!
+        var settings = try MethodSettings.resolve(cfg.methods[0], training: training)
+        settings.realignHeadSteps = 5
+        let tokens = TokenCache(tokenizer: enc.tokenizer, maxLength: training.maxLength)
+        let trainer = DomainTrainer(settings: settings, training: training, encoder: enc, tokens: tokens)
+        trainer.inference = ShardedInference(collective: collective)
+        let scenario = try Scenario(domains: [("a", 0), ("b", 6), ("c", 12)].map { StateTests.domain($0, base: $1, val: 25, test: 30) })
+        let st = try trainer.makeLearner(seed: 3, byteBudget: 6000, generalTexts: StateTests.general)
+        #expect(st.model.inference === trainer.inference && st.model.chunking?.collective === collective)
+        var run = ShardedRun()
+        let bits = { (x: [Double]) in x.map(\.bitPattern) }
+        for (k, d) in scenario.domains.enumerated() {
+            let seen = Array(scenario.domains[0...k])
+            let o = try trainer.learn(st, domain: d, validation: seen.map(\.val), label: "\(k + 1)")
+            run.validation.append(bits(o.validationF1))
+            let row = try Evaluator(predictor: trainer.predictor(st), tokens: tokens).row(seen.map(\.test))
+            run.rows += [bits(row.routedF1), bits(row.oracleF1), bits(row.routedAccuracy), bits(row.oracleAccuracy), bits(row.routerAccuracy.map { [$0] } ?? [])]
+            run.confusion.append(row.routerConfusion ?? [])
+        }
+        let ev = Evaluator(predictor: trainer.predictor(st), tokens: tokens)
+        let a = scenario.domains[0]
+        // two-intent utterances of domain a (its keywords 0-1 and 2-3)
+        let multi = (0..<70).map { i in
+            IntentExample(text: "w\(i % 2) w\(2 + i % 2) w3\(i % 10)", intents: [a.intents[0], a.intents[1]], domain: a.name, split: .test)
+        }
+        let mi = try ev.multiIntentScore(domain: 0, rows: multi, singleIntentAccuracy: 0.9)
+        run.diagnostics = [try ev.probeF1(domain: 1, train: scenario.domains[1].train, test: scenario.domains[1].test).bitPattern,
+                           mi.anyHit.bitPattern, mi.domainHit.bitPattern]
+        run.parameters = st.model.store.values.buffer.map(\.bitPattern)
+        run.bufferLogits = (st.dual?.items(of: 2) ?? []).flatMap { $0.logits ?? [] }.map(\.bitPattern)
+        run.tally = trainer.inference.tally
+        return run
+    }
+
+    /// The sharded run on 2, 3 and 4 in-process ranks is the one-process run bit for bit (every
+    /// validation score, R-matrix entry, diagnostic, parameter and stored logit), and each rank
+    /// computed its share of the inference chunks: within one chunk per pass of 1/N of them, the
+    /// shares adding up to the one-process total.
+    @Test(arguments: [2, 3, 4])
+    func shardedInferenceIsTheOneProcessRunForAnyRankCount(ranks: Int) throws {
+        let reference = try Self.onRanks(1) { try Self.shardedRun($0) }[0].get()
+        let T = reference.tally
+        #expect(T.chunks == T.totalChunks && T.rows == T.totalRows && T.totalChunks > T.passes, "\(T)")
+        #expect(!reference.bufferLogits.isEmpty, "logit replay stored no logits: the check would be vacuous")
+        let byRank = try Self.onRanks(ranks) { try Self.shardedRun($0) }.map { try $0.get() }
+        var chunks = 0, rows = 0
+        for (r, run) in byRank.enumerated() {
+            #expect(run.validation == reference.validation, "rank \(r) of \(ranks): validation scores differ")
+            #expect(run.rows == reference.rows && run.confusion == reference.confusion, "rank \(r) of \(ranks): R rows differ")
+            #expect(run.diagnostics == reference.diagnostics, "rank \(r) of \(ranks): probe or multi-intent scores differ")
+            #expect(run.parameters == reference.parameters, "rank \(r) of \(ranks): parameters differ")
+            #expect(run.bufferLogits == reference.bufferLogits, "rank \(r) of \(ranks): stored logits differ")
+            let t = run.tally
+            #expect(t.totalChunks == T.totalChunks && t.totalRows == T.totalRows && t.passes == T.passes)
+            #expect(abs(t.chunks * ranks - T.totalChunks) <= ranks * T.passes, "rank \(r) of \(ranks): \(t.chunks) of \(T.totalChunks) chunks")
+            #expect(t.chunks > 0 && t.chunks < T.totalChunks, "rank \(r) of \(ranks) did not take a share: \(t)")
+            chunks += t.chunks
+            rows += t.rows
+        }
+        #expect(chunks == T.totalChunks && rows == T.totalRows, "every chunk computed by exactly one rank")
+    }
+}
+
+/// What each in-process rank's thread returned (`DataParallelTests.onRanks`).
+final class RankResults<T>: @unchecked Sendable {
+    var byRank: [Result<T, Error>?]
+    init(_ n: Int) { byRank = Array(repeating: nil, count: n) }
 }
 
 /// In-process ranks for tests: each rank a thread; allGather meets at a barrier.

@@ -144,13 +144,13 @@ import Glibc
 
     /// A small grid: 2 methods and 2 references over 2 orderings (8 runs) on 2 synthetic domains.
     static func gridConfig(_ root: URL, name: String = "grid", orderings: Int = 2, methods: String? = nil, references: Bool = true,
-                           gradientChunk: Int = 0) throws -> URL {
+                           gradientChunk: Int = 0, valPerIntent: Int = 2, testPerIntent: Int = 3) throws -> URL {
         let model = try ReliabilityTests.model()
         let url = root.appendingPathComponent("\(name).json")
         let m = methods ?? #"[{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}, {"kind": "lora-replay", "lora": {"rank": 4}}]"#
         try Data("""
         {"name": "\(name)", "model": "\(model.path)", "seed": 3, "latencySamples": 0, "orderings": \(orderings),
-         "data": {"synthetic": {"domains": 2, "intentsPerDomain": 3, "trainPerIntent": 6, "valPerIntent": 2, "testPerIntent": 3, "seed": 5}},
+         "data": {"synthetic": {"domains": 2, "intentsPerDomain": 3, "trainPerIntent": 6, "valPerIntent": \(valPerIntent), "testPerIntent": \(testPerIntent), "seed": 5}},
          "training": {"epochs": 2, "batchSize": 8, "learningRate": 0.003, "bufferExamples": 12, "maxLength": 24,
                       "gradientChunk": \(gradientChunk), "routerTraining": {"epochs": 5}},
          "methods": \(m)\(references ? #", "references": [{"kind": "joint"}, {"kind": "single"}]"# : "")}
@@ -256,14 +256,34 @@ import Glibc
 
     // MARK: - data-parallel training
 
+    /// Each rank's share of the sharded inference, from rank 0's line "inference sharded over N
+    /// ranks: chunks a/b/c of T in P passes, utterances x/y/z of U".
+    static func inferenceShares(_ stderr: String) -> (chunks: [Int], total: Int, passes: Int, rows: [Int], totalRows: Int)? {
+        guard let line = stderr.split(separator: "\n").first(where: { $0.contains("inference sharded over") }) else { return nil }
+        let words = line.split(separator: " ")
+        func after(_ w: String, _ k: Int = 1) -> Substring? { words.firstIndex(of: Substring(w)).map { words[$0 + k] } }
+        guard let c = after("chunks"), let t = after("chunks", 3), let p = after("in"), let r = after("utterances"), let u = after("utterances", 3)
+        else { return nil }
+        let ints = { (s: Substring) in s.split(separator: "/").compactMap { Int($0.trimmingCharacters(in: .punctuationCharacters)) } }
+        guard let total = Int(t), let passes = Int(p), let totalRows = Int(u.trimmingCharacters(in: .punctuationCharacters)) else { return nil }
+        return (ints(c), total, passes, ints(r), totalRows)
+    }
+
     /// Every batch of 8 rows in 4 chunks of 2: one process, then 3 ranks, each computing its
-    /// block of chunks; the chunk gradients are added in chunk
-    /// order on every rank, so every number of every run is the one-process run's.
+    /// block of chunks; the chunk gradients are added in chunk order on every rank, and the
+    /// inference passes (75 validation and 90 test rows per domain: two canonical chunks each,
+    /// diagnostics on) are sharded over the ranks and gathered, so every number of every run is
+    /// the one-process run's while each rank computed about a third of the inference chunks. A
+    /// rank whose inference chunk fails stops the job (reported once, with its rank).
     @Test func dataParallelRunMatchesTheOneProcessRun() throws {
         let root = try TestPaths.tempDir()
         defer { try? FileManager.default.removeItem(at: root) }
-        let cfg = try Self.gridConfig(root, name: "data", orderings: 1, methods: #"[{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}}]"#,
-                                      references: false, gradientChunk: 2)
+        let cfg = try Self.gridConfig(root, name: "data", orderings: 1, methods: #"[{"kind": "dual-replay", "adapter": {"bottleneck": 8, "layers": [4, 5]}, "heads": {"realignSteps": 5}}]"#,
+                                      references: false, gradientChunk: 2, valPerIntent: 25, testPerIntent: 30)
+        // with the linear probes and multi-intent scores (their passes are sharded too)
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: cfg)) as! [String: Any]
+        json["diagnostics"] = true
+        try JSONSerialization.data(withJSONObject: json).write(to: cfg)
         func args(_ out: String) -> [String] { ["run", "--config", cfg.path, "--threads", "1", "--out", root.appendingPathComponent(out).path] }
         let one = try Self.run(0, args("one"), logs: root)
         try #require(one.ok, "\(one.stderr)")
@@ -276,7 +296,21 @@ import Glibc
             #expect(try Self.matrices(got) == Self.matrices(reference), "\(ranks) ranks: R matrices differ")
             #expect(try Self.comparable(got) == Self.comparable(reference), "\(ranks) ranks: results.json differs")
             #expect(r.stderr.contains("on \(ranks) MPI ranks (data)"), "\(r.stderr)")
+            let shares = try #require(Self.inferenceShares(r.stderr), "no inference shares reported: \(r.stderr)")
+            #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total && shares.rows.reduce(0, +) == shares.totalRows)
+            #expect(shares.total > shares.passes, "only one-chunk passes: nothing to share out: \(shares)")
+            for (rank, c) in shares.chunks.enumerated() {
+                #expect(c > 0 && abs(c * ranks - shares.total) <= ranks * shares.passes, "rank \(rank) computed \(c) of \(shares.total) chunks")
+            }
+            #expect(r.stderr.components(separatedBy: "inference sharded over").count == 2, "reported once, by rank 0")
         }
+        #expect(!one.stderr.contains("inference sharded"), "one process: \(one.stderr)")
+        // rank 1 fails in its first inference chunk (the validation after domain 1): the job stops, reported once
+        let failed = try Self.run(2, args("failed"), wrap: #"[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export DR_CRASH_AT=evalfail:1; true"#,
+                                  logs: root, timeout: 120)
+        #expect(!failed.ok && failed.stderr.contains("rank 1 of 2: injected failure in inference chunk 1"), "\(failed.stderr)")
+        #expect(failed.stderr.components(separatedBy: "injected failure").count == 2, "reported once: \(failed.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: root.appendingPathComponent("failed/results.json").path))
         // more ranks than chunks in a batch: refused before anything trains
         let five = try Self.run(5, args("five"), logs: root, timeout: 120)
         #expect(!five.ok && five.stderr.contains("5 ranks for 4 gradient chunks per batch"), "\(five.stderr)")
@@ -323,6 +357,13 @@ import Glibc
             let refMetrics = try JSONDecoder().decode([MetricsRow].self, from: ref["metrics.json"]!)
             #expect(metrics.map(\.routedF1) == refMetrics.map(\.routedF1) && metrics.map(\.oracleF1) == refMetrics.map(\.oracleF1))
             #expect(r.stdout.components(separatedBy: "## Onboarded").count == 3, "rank 0 alone prints the two diffs: \(r.stdout)")
+            if ranks > 1 {
+                // evaluation, validation and prototypes were sharded: each chunk computed once, on two ranks at least
+                // (these domains are one canonical chunk each, so a pass has at most two and the other ranks idle)
+                let shares = try #require(Self.inferenceShares(r.stderr), "\(ranks) ranks: no inference shares reported: \(r.stderr)")
+                #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total, "\(shares)")
+                #expect(shares.chunks.filter { $0 > 0 }.count >= 2, "\(ranks) ranks: one rank computed everything: \(shares)")
+            }
         }
 
         // 24 rows per domain, 6 new per batch: 8 steps per domain; rank 1 dies at step 11 (domain 2, after its checkpoint of step 2)

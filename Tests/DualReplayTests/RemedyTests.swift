@@ -98,7 +98,7 @@ import Glibc
         #expect(after.tensors == drifted.tensors && after.optimizerStep == drifted.optimizerStep)
         // the kept candidate is what validation scored
         let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tr.tokens)
-        #expect(oracle.oracleF1(domain: 0, examples: val) == r.candidate)
+        #expect(try oracle.oracleF1(domain: 0, examples: val) == r.candidate)
     }
 
     /// Every file under `dir` (versions, current, lock, ...), by relative path.
@@ -157,7 +157,7 @@ import Glibc
         let aBefore = bufBefore.items(of: 0), aAfter = bufAfter.items(of: 0)
         #expect(aAfter.map(\.tokenIds) == aBefore.map(\.tokenIds) && aAfter.map(\.label) == aBefore.map(\.label))
         #expect(aAfter.allSatisfy { $0.logits != nil } && aAfter.map(\.logits) != aBefore.map(\.logits))
-        #expect(aAfter.map { $0.logits! } == v4.model.domainLogits(aAfter.map(\.tokenIds), domain: 0))
+        #expect(aAfter.map { $0.logits! } == (try v4.model.domainLogits(aAfter.map(\.tokenIds), domain: 0)))
         // the last metrics row is the re-evaluated one, marked; earlier rows are untouched
         #expect(v4.metrics.count == 2 && v4.metrics[1].remediated == ["a"] && v4.metrics[1].routedF1[0] == a.routedF1After)
         #expect(v4.metrics[0] == v3.metrics[0])

@@ -20,7 +20,7 @@ import Glibc
     }
 
     /// A domain whose intents each own two keywords among a few shared filler words.
-    static func domain(_ name: String, base: Int, intents: Int = 3, train: Int = 8) -> DomainData {
+    static func domain(_ name: String, base: Int, intents: Int = 3, train: Int = 8, val: Int = 2, test: Int = 3) -> DomainData {
         var rng = SplitMix64(seed: FNV1a.of(name))
         func rows(_ split: Split, _ n: Int) -> [IntentExample] {
             var out: [IntentExample] = []
@@ -33,8 +33,8 @@ import Glibc
             }
             return out
         }
-        return DomainData(name: name, intents: (0..<intents).map { "\(name)_\($0)" }, train: rows(.train, train), val: rows(.val, 2),
-                          test: rows(.test, 3))
+        return DomainData(name: name, intents: (0..<intents).map { "\(name)_\($0)" }, train: rows(.train, train), val: rows(.val, val),
+                          test: rows(.test, test))
     }
 
     static func config() -> ExperimentConfig {

@@ -95,11 +95,11 @@ import Testing
         let a = DomainRouter(model: m), b = DomainRouter(model: m)
         let s0 = Self.chunk(5, seed: 3), s1 = Self.chunk(4, seed: 8)
         let ex = s0.map { ($0, Int32(0)) } + s1.map { ($0, Int32(1)) }
-        let got = a.trainingFeatures(of: ex)
+        let got = try a.trainingFeatures(of: ex)
         #expect(a.trainingFeaturePasses == 2)
-        let f0 = b.domainFeatures(domain: 0, sequences: s0), f1 = b.domainFeatures(domain: 1, sequences: s1)
+        let f0 = try b.domainFeatures(domain: 0, sequences: s0), f1 = try b.domainFeatures(domain: 1, sequences: s1)
         #expect(got.flatMap { $0 } == f0 + f1)
-        _ = a.trainingFeatures(of: ex)
+        _ = try a.trainingFeatures(of: ex)
         #expect(a.trainingFeaturePasses == 2, "kept features were computed again")
     }
 }

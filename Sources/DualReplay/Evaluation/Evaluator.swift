@@ -53,39 +53,56 @@ public final class Evaluator {
     }
 
     /// Macro-F1 of domain `j` with its own gate and head (the forgetting signal on validation rows).
-    public func oracleF1(domain j: Int, examples: [IntentExample]) -> Double {
-        let pred = tokens.ids(examples.map(\.text)).chunks().flatMap { oracle(Array($0), domain: j).classes }
-        return macroF1(predictions: pred, labels: labels(examples, domain: j), classes: model.domains[j].classRange.map(Int32.init))
+    /// Sharded over the ranks (a collective call), as every pass over many rows below.
+    public func oracleF1(domain j: Int, examples: [IntentExample]) throws -> Double {
+        let pred = try model.inference.map(chunksOf: tokens.ids(examples.map(\.text))) { oracle($0, domain: j).classes }
+        return macroF1(predictions: Array(pred.joined()), labels: labels(examples, domain: j), classes: model.domains[j].classRange.map(Int32.init))
     }
 
-    public func score(domain j: Int, examples: [IntentExample]) -> DomainScore {
-        let r = model.domains[j].classRange
-        var oraclePred: [Int32] = [], routedPred: [Int32] = [], routerCorrect = 0
-        var routedTo = [Int](repeating: 0, count: model.domains.count)
-        for part in tokens.ids(examples.map(\.text)).chunks() {
-            let seqs = Array(part)
-            let (logits, classes) = oracle(seqs, domain: j)
-            oraclePred += classes
-            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
-            routedPred += routed.classes.map(Int32.init)
-            routerCorrect += routed.domains.filter { $0 == j }.count
-            for d in routed.domains { routedTo[d] += 1 }
+    public func score(domain j: Int, examples: [IntentExample]) throws -> DomainScore {
+        try scores([(j, examples)])[0]
+    }
+
+    /// Oracle and routed scores of several domains' rows (`(domain, examples)`), their canonical
+    /// chunks in one sharded pass (the list domain after domain, its first chunk the key).
+    func scores(_ sets: [(domain: Int, examples: [IntentExample])]) throws -> [DomainScore] {
+        var parts: [(domain: Int, set: Int, seqs: [[Int32]])] = []
+        for (s, (j, rows)) in sets.enumerated() {
+            for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, s, Array(part))) }
         }
-        let y = labels(examples, domain: j), classes = r.map(Int32.init)
-        return DomainScore(routedF1: macroF1(predictions: routedPred, labels: y, classes: classes),
-                           oracleF1: macroF1(predictions: oraclePred, labels: y, classes: classes),
-                           routedAccuracy: accuracy(predictions: routedPred, labels: y),
-                           oracleAccuracy: accuracy(predictions: oraclePred, labels: y),
-                           routerCorrect: routerCorrect, count: examples.count, routedTo: routedTo)
+        // per chunk of B rows: oracle classes, routed classes, routed domains (3·B)
+        let out = try model.inference.map(parts.count, rows: { parts[$0].seqs.count }, key: model.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
+            let (j, _, seqs) = parts[i]
+            let (logits, classes) = oracle(seqs, domain: j)
+            let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
+            return classes + routed.classes.map(Int32.init) + routed.domains.map(Int32.init)
+        }
+        var oraclePred = [[Int32]](repeating: [], count: sets.count), routedPred = oraclePred, routedDomain = oraclePred
+        for (i, p) in parts.enumerated() {
+            let B = p.seqs.count, o = out[i]
+            oraclePred[p.set] += o[0..<B]
+            routedPred[p.set] += o[B..<(2 * B)]
+            routedDomain[p.set] += o[(2 * B)..<(3 * B)]
+        }
+        return sets.enumerated().map { s, set in
+            let (j, examples) = set
+            var routedTo = [Int](repeating: 0, count: model.domains.count)
+            for d in routedDomain[s] { routedTo[Int(d)] += 1 }
+            let y = labels(examples, domain: j), classes = model.domains[j].classRange.map(Int32.init)
+            return DomainScore(routedF1: macroF1(predictions: routedPred[s], labels: y, classes: classes),
+                               oracleF1: macroF1(predictions: oraclePred[s], labels: y, classes: classes),
+                               routedAccuracy: accuracy(predictions: routedPred[s], labels: y),
+                               oracleAccuracy: accuracy(predictions: oraclePred[s], labels: y),
+                               routerCorrect: routedDomain[s].filter { $0 == Int32(j) }.count, count: examples.count, routedTo: routedTo)
+        }
     }
 
     /// The R-matrix row of every seen domain; `examples[j]` are domain j's evaluation rows.
-    public func row(_ examples: [[IntentExample]]) -> Row {
+    public func row(_ examples: [[IntentExample]]) throws -> Row {
         precondition(examples.count <= model.domains.count, "row: \(examples.count) domains, the model knows \(model.domains.count)")
         var row = Row()
         var correct = 0, total = 0, confusion: [[Int]] = []
-        for (j, rows) in examples.enumerated() {
-            let e = score(domain: j, examples: rows)
+        for e in try scores(examples.enumerated().map { ($0, $1) }) {
             confusion.append(e.routedTo)
             row.routedF1.append(e.routedF1)
             row.oracleF1.append(e.oracleF1)
@@ -105,29 +122,46 @@ public final class Evaluator {
 
     /// Test macro-F1 of a linear probe fitted on domain `j`'s pooled features under its own gate:
     /// what the representation still holds, whatever its head makes of it.
-    public func probeF1(domain j: Int, train: [IntentExample], test: [IntentExample]) -> Double {
+    public func probeF1(domain j: Int, train: [IntentExample], test: [IntentExample]) throws -> Double {
         let d = model.domains[j]
-        func features(_ rows: [IntentExample]) -> (x: [Float], y: [Int32]) {
-            (model.pooled(tokens.ids(rows.map(\.text)), gate: j), labels(rows, domain: j).map { $0 - Int32(d.classOffset) })
+        func features(_ rows: [IntentExample]) throws -> (x: [Float], y: [Int32]) {
+            (try model.pooled(tokens.ids(rows.map(\.text)), gate: j), labels(rows, domain: j).map { $0 - Int32(d.classOffset) })
         }
-        let (xt, yt) = features(train), (xe, ye) = features(test)
+        let (xt, yt) = try features(train), (xe, ye) = try features(test)
         return LinearProbe.fitAndScore(trainFeatures: xt, trainLabels: yt, testFeatures: xe, testLabels: ye,
                                        dim: model.config.hidden, classes: d.intents.count)
     }
 
-    /// Routed predictions of rows of domain `j`, with each row's routed head distribution over
-    /// domain j's intents (softmax of its logits; nil when routed to another domain).
-    func routedHeadProbabilities(domain j: Int, rows: [IntentExample]) -> (out: RoutedPredictor.Output, probabilities: [[Double]?]) {
-        let out = predictor.predict(tokens.ids(rows.map(\.text)), features: .cached)
-        let r = model.domains[j].classRange, V = model.classCount
-        let probs: [[Double]?] = (0..<out.count).map { b in
-            guard out.domains[b] == j else { return nil }
-            let top = r.map { out.logits[b * V + $0] }.max()!
-            let e = r.map { exp(Double(out.logits[b * V + $0] - top)) }
-            let z = e.reduce(0, +)
-            return e.map { $0 / z }
+    /// Routed predictions of rows of domain `j` (domain and global class per row), with each row's
+    /// routed head distribution over domain j's intents (softmax of its logits; nil when routed
+    /// to another domain). Sharded over the ranks like every inference pass.
+    func routedHeadProbabilities(domain j: Int, rows: [IntentExample]) throws
+        -> (domains: [Int], classes: [Int], probabilities: [[Double]?]) {
+        let r = model.domains[j].classRange, V = model.classCount, nj = r.count
+        // per chunk of B rows: routed domains, classes, then B·nj probabilities (NaN when routed elsewhere)
+        let out = try model.inference.map(chunksOf: tokens.ids(rows.map(\.text))) { seqs -> [Double] in
+            let o = predictor.predictChunk(seqs, features: .cached)
+            var chunk = o.domains.map(Double.init) + o.classes.map(Double.init)
+            for b in 0..<o.domains.count {
+                guard o.domains[b] == j else { chunk += [Double](repeating: .nan, count: nj); continue }
+                let top = r.map { o.logits[b * V + $0] }.max()!
+                let e = r.map { exp(Double(o.logits[b * V + $0] - top)) }
+                let z = e.reduce(0, +)
+                chunk += e.map { $0 / z }
+            }
+            return chunk
         }
-        return (out, probs)
+        var domains: [Int] = [], classes: [Int] = [], probs: [[Double]?] = []
+        for o in out {
+            let B = o.count / (2 + nj)
+            domains += o[0..<B].map { Int($0) }
+            classes += o[B..<(2 * B)].map { Int($0) }
+            for b in 0..<B {
+                let p = o[(2 * B + b * nj)..<(2 * B + (b + 1) * nj)]
+                probs.append(p.first!.isNaN ? nil : Array(p))
+            }
+        }
+        return (domains, classes, probs)
     }
 
     /// Gold intent indices (within domain j) of rows of domain j.
@@ -138,17 +172,17 @@ public final class Evaluator {
 
     /// The set rule's threshold for domain `j`, chosen on `validation` rows of the domain (single-
     /// and multi-intent validation utterances, never test rows): `Diagnostics.chooseSetThreshold`.
-    public func chooseSetThreshold(domain j: Int, validation rows: [IntentExample]) -> Double {
-        let p = routedHeadProbabilities(domain: j, rows: rows).probabilities
+    public func chooseSetThreshold(domain j: Int, validation rows: [IntentExample]) throws -> Double {
+        let p = try routedHeadProbabilities(domain: j, rows: rows).probabilities
         return Diagnostics.chooseSetThreshold(probabilities: p, gold: goldSets(domain: j, rows: rows)).threshold
     }
 
     /// Multi-intent fragility of domain `j` on utterances carrying several of its intents; with
     /// `setThreshold`, also their exact-set accuracy under the set rule at that threshold.
     public func multiIntentScore(domain j: Int, rows: [IntentExample], singleIntentAccuracy: Double,
-                                 setThreshold: Double? = nil) -> MultiIntentScore {
+                                 setThreshold: Double? = nil) throws -> MultiIntentScore {
         let d = model.domains[j]
-        let (out, probs) = routedHeadProbabilities(domain: j, rows: rows)
+        let out = try routedHeadProbabilities(domain: j, rows: rows), probs = out.probabilities
         let preds = zip(out.domains, out.classes).map { k, c -> (domain: String, intent: String) in
             let dom = model.domains[k]
             return (dom.name, dom.intents[c - dom.classOffset])

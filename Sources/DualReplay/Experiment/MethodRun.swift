@@ -51,7 +51,7 @@ struct MethodRun {
             paramsPerDomain = step.parametersAdded
             let t1 = Date()
             trainTime += t1.timeIntervalSince(t0)
-            let row = evaluator.row(Array(evalRows[0...k]))
+            let row = try evaluator.row(Array(evalRows[0...k]))
             for j in 0...k {
                 routed[afterTraining: k, domain: j] = row.routedF1[j]
                 oracle[afterTraining: k, domain: j] = row.oracleF1[j]
@@ -60,7 +60,7 @@ struct MethodRun {
             }
             if let a = row.routerAccuracy { routerAcc.append(a) }
             routerConfusion = row.routerConfusion
-            if diagnose { probeAtLearning.append(probeF1(evaluator, domain: k)) }
+            if diagnose { probeAtLearning.append(try probeF1(evaluator, domain: k)) }
             evalTime += Date().timeIntervalSince(t1)
             times.evaluation += Date().timeIntervalSince(t1)
             let rowText = row.routedF1.map { String(format: "%.1f", 100 * $0) }.joined(separator: " ")
@@ -76,12 +76,12 @@ struct MethodRun {
         if s.driftRefitSteps != nil { result.gateRefits = refits }
         if diagnose {
             let t2 = Date(), last = K - 1
-            result.probes = (0..<last).map { j in
+            result.probes = try (0..<last).map { j in
                 ProbeDiagnosis(domain: order.domains[j].name, headF1AtLearning: oracle[afterTraining: j, domain: j],
                                headF1Now: oracle[afterTraining: last, domain: j], probeF1AtLearning: probeAtLearning[j],
-                               probeF1Now: probeF1(evaluator, domain: j))
+                               probeF1Now: try probeF1(evaluator, domain: j))
             }
-            result.multiIntent = multiIntentScores(evaluator, routedAccuracy: racc)
+            result.multiIntent = try multiIntentScores(evaluator, routedAccuracy: racc)
             evalTime += Date().timeIntervalSince(t2)
             times.evaluation += Date().timeIntervalSince(t2)
             result.evalSeconds = evalTime
@@ -99,22 +99,22 @@ struct MethodRun {
     }
 
     /// The probe of domain `j` on at most `probeTrainPerDomain` of its training rows (a fixed subset).
-    func probeF1(_ evaluator: Evaluator, domain j: Int) -> Double {
+    func probeF1(_ evaluator: Evaluator, domain j: Int) throws -> Double {
         let d = order.domains[j]
         let train = d.train.fixedSubset(atMost: config.probeTrainPerDomain ?? ConfigDefaults.probeTrainPerDomain,
                                         seed: FNV1a.of(d.name) &+ 0x9B0B)
-        return evaluator.probeF1(domain: j, train: train, test: evalRows[j])
+        return try evaluator.probeF1(domain: j, train: train, test: evalRows[j])
     }
 
     /// Multi-intent fragility of every domain with multi-intent test rows, after the last domain.
-    func multiIntentScores(_ evaluator: Evaluator, routedAccuracy: EvalMatrix) -> [MultiIntentScore] {
+    func multiIntentScores(_ evaluator: Evaluator, routedAccuracy: EvalMatrix) throws -> [MultiIntentScore] {
         let last = order.count - 1
-        return order.domains.enumerated().compactMap { j, d in
+        return try order.domains.enumerated().compactMap { j, d in
             guard !d.multiIntentTest.isEmpty else { return nil }
             let rows = d.multiIntentTest.fixedSubset(atMost: config.data.maxEvalPerDomain, seed: FNV1a.of(d.name) &+ 0x3017)
-            let tau = evaluator.chooseSetThreshold(domain: j, validation: setCalibrationRows(domain: j))
-            return evaluator.multiIntentScore(domain: j, rows: rows, singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j],
-                                              setThreshold: tau)
+            let tau = try evaluator.chooseSetThreshold(domain: j, validation: setCalibrationRows(domain: j))
+            return try evaluator.multiIntentScore(domain: j, rows: rows, singleIntentAccuracy: routedAccuracy[afterTraining: last, domain: j],
+                                                  setThreshold: tau)
         }
     }
 
@@ -154,9 +154,9 @@ struct MethodRun {
                                      replay: { _, _, _ in }, rng: &st.rng, label: s.name)
         if let router = st.router {
             for k in order.domains.indices {
-                router.fitPrototypes(domain: k, examples: rows.filter { $0.domain == k }.map { ($0.ids, $0.label) })
+                try router.fitPrototypes(domain: k, examples: rows.filter { $0.domain == k }.map { ($0.ids, $0.label) })
             }
-            router.train(rows.map { ($0.ids, Int32($0.domain)) }, config: trainer.training.routerTraining,
+            try router.train(rows.map { ($0.ids, Int32($0.domain)) }, config: trainer.training.routerTraining,
                          optimizer: trainer.training.optimizer, rng: &st.rng)
         }
         let trainTime = Date().timeIntervalSince(t0)
@@ -164,7 +164,7 @@ struct MethodRun {
         var routed = EvalMatrix(domains: order.domainNames)
         var oracle = routed, racc = routed, oacc = routed
         let last = order.count - 1, t1 = Date()
-        let row = Evaluator(predictor: trainer.predictor(st), tokens: trainer.tokens).row(evalRows)
+        let row = try Evaluator(predictor: trainer.predictor(st), tokens: trainer.tokens).row(evalRows)
         for j in order.domains.indices {
             routed.f1[last][j] = row.routedF1[j]; oracle.f1[last][j] = row.oracleF1[j]
             racc.f1[last][j] = row.routedAccuracy[j]; oacc.f1[last][j] = row.oracleAccuracy[j]
@@ -188,7 +188,7 @@ struct MethodRun {
                                          + trainer.synthesizedRows(d, domainIndex: 0, labelOffset: 0),
                                      policies: trainer.policies, replay: { _, _, _ in }, rng: &rng, label: settings.name)
             let e = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: trainer.tokens)
-            out[d.name] = e.oracleF1(domain: 0, examples: evalRows[k])
+            out[d.name] = try e.oracleF1(domain: 0, examples: evalRows[k])
         }
         return out
     }

@@ -57,8 +57,9 @@ public final class DomainRouter {
     /// Router features (flat, B·C) of domain `k`'s training sequences, computed in their canonical
     /// chunks (`inferenceChunk` in the order given) and kept for router training; the first
     /// occurrence of a repeated sequence is the one kept.
-    public func domainFeatures(domain k: Int, sequences: [[Int32]]) -> [Float] {
-        let f = uncachedFeatures(sequences)
+    /// Sharded over the ranks (a collective call): every rank keeps every feature.
+    public func domainFeatures(domain k: Int, sequences: [[Int32]]) throws -> [Float] {
+        let f = try uncachedFeatures(sequences)
         trainingFeaturePasses += (sequences.count + inferenceChunk - 1) / inferenceChunk
         let C = model.config.hidden
         for (i, s) in sequences.enumerated() {
@@ -82,12 +83,10 @@ public final class DomainRouter {
         }
     }
 
-    /// Router features (B·C, flat) of sequences, `inferenceChunk` at a time, not cached.
-    func uncachedFeatures(_ sequences: [[Int32]]) -> [Float] {
-        var out: [Float] = []
-        out.reserveCapacity(sequences.count * model.config.hidden)
-        for part in sequences.chunks() { out += model.routerFeatures(PackedBatch(Array(part))) }
-        return out
+    /// Router features (B·C, flat) of sequences, `inferenceChunk` at a time, not cached (sharded
+    /// over the ranks: a collective call).
+    func uncachedFeatures(_ sequences: [[Int32]]) throws -> [Float] {
+        Array(try model.inference.map(chunksOf: sequences) { model.routerFeatures(PackedBatch($0)) }.joined())
     }
 
     /// Probabilities over seen domains (B,K) for feature rows (B,C): the MLP's softmax, or with
@@ -134,8 +133,8 @@ public final class DomainRouter {
     /// (`label` is the global class). Uses every example given, with their features from
     /// `domainFeatures` (computed here when not given, and kept for router training). Intents
     /// without examples keep a zero prototype (cosine 0).
-    public func fitPrototypes(domain k: Int, examples: [(ids: [Int32], label: Int32)], features given: [Float]? = nil) {
-        let f = given ?? domainFeatures(domain: k, sequences: examples.map(\.ids))
+    public func fitPrototypes(domain k: Int, examples: [(ids: [Int32], label: Int32)], features given: [Float]? = nil) throws {
+        let f = try given ?? domainFeatures(domain: k, sequences: examples.map(\.ids))
         guard model.spec.routerPrototypes != nil else { return }
         let C = model.config.hidden, r = model.domains[k].classRange
         precondition(f.count == examples.count * C, "fitPrototypes: \(f.count) feature floats for \(examples.count) examples")
@@ -155,23 +154,23 @@ public final class DomainRouter {
     /// The training features of (sequence, domain) pairs. A pair without one (a state saved
     /// before features were kept) gets it from its domain's missing sequences, batched in the
     /// canonical chunks of their order here, and keeps it.
-    func trainingFeatures(of examples: [(ids: [Int32], domain: Int32)]) -> [[Float]] {
+    func trainingFeatures(of examples: [(ids: [Int32], domain: Int32)]) throws -> [[Float]] {
         var missing: [Int32: [[Int32]]] = [:], seen = Set<FeatureKey>()
         for e in examples {
             let key = FeatureKey(domain: e.domain, ids: e.ids)
             if trainingFeatures[key] == nil, seen.insert(key).inserted { missing[e.domain, default: []].append(e.ids) }
         }
-        for d in missing.keys.sorted() { _ = domainFeatures(domain: Int(d), sequences: missing[d]!) }
+        for d in missing.keys.sorted() { _ = try domainFeatures(domain: Int(d), sequences: missing[d]!) }
         return examples.map { trainingFeatures[FeatureKey(domain: $0.domain, ids: $0.ids)]! }
     }
 
     /// Trains on (sequence, domain) pairs; all router rows train (a new domain must be
     /// separable from the old ones, and the old ones come from the replay buffer).
     public func train(_ examples: [(ids: [Int32], domain: Int32)], config: RouterConfig, optimizer base: OptimizerConfig,
-                      rng: inout SplitMix64) {
+                      rng: inout SplitMix64) throws {
         let K = domainCount, C = model.config.hidden, Hd = hidden
         guard K > 1, !examples.isEmpty else { return }
-        let feats = trainingFeatures(of: examples)
+        let feats = try trainingFeatures(of: examples)
         var perDomain = [Int](repeating: 0, count: K)
         for e in examples { perDomain[Int(e.domain)] += 1 }
         let s = model.store

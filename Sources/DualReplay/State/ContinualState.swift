@@ -126,6 +126,7 @@ public final class ContinualState {
         // chunked gradients as `DomainTrainer.makeModel` sets them for a new state
         let chunk = (mf.config.training ?? TrainingDefaults()).gradientChunk
         if chunk > 0 { m.chunking = ChunkedReduction(chunkSize: chunk, threads: Parallelism.threads, collective: Parallelism.collective) }
+        m.inference = Parallelism.inference
         for d in scenario.domains { m.addDomain(name: d.name, intents: d.intents) }
         // the layout must match the saved one exactly: names, shapes, offsets
         let store = m.store
@@ -293,7 +294,7 @@ public final class ContinualState {
         let step = try trainer.learn(st, domain: seen[k], validation: seen.map { rows($0, .val) }, label: "\(k + 1)")
         // evaluation of every seen domain on its frozen split
         let evalSplit = (manifest.config.evalSplit ?? ConfigDefaults.evalSplit).split
-        let eval = Evaluator(predictor: trainer.predictor(st), tokens: tokens).row(seen.map { rows($0, evalSplit) })
+        let eval = try Evaluator(predictor: trainer.predictor(st), tokens: tokens).row(seen.map { rows($0, evalSplit) })
         let previous = metrics.last
         let fromVersion = first ? nil : manifest.version
         // commit to the in-memory state (a failed save leaves the directory as it was)

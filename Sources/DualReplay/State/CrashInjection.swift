@@ -6,6 +6,8 @@
 //              until the test sends SIGCONT or SIGKILL
 //   rename:S   just before the rename that publishes a finished temporary file or version
 //              directory whose path contains S (e.g. `rename:checkpoint`, `rename:versions`)
+//   evalfail:N   the N-th inference chunk this process computes (`ShardedInference`) throws
+//              instead (an error on one rank alone, not a kill)
 // Unset, nothing changes. Never set it in production.
 #if canImport(Glibc)
 import Glibc
@@ -13,6 +15,8 @@ import Glibc
 import Foundation
 
 public enum CrashInjection {
+    struct InjectedFailure: LocalizedError { var errorDescription: String? }
+
     public static let environmentVariable = "DR_CRASH_AT"
 
     /// Installs the rename hook if `spec` asks for one; returns the per-step hook (nil if none).
@@ -28,6 +32,12 @@ public enum CrashInjection {
                 steps += 1
                 if steps == n { kill(getpid(), sig) }
             }
+        case "evalfail":
+            guard let n = Int(arg), n > 0 else { return nil }
+            ShardedInference.faultInjection = { done in
+                if done + 1 == n { throw InjectedFailure(errorDescription: "injected failure in inference chunk \(n) (\(spec))") }
+            }
+            return nil
         case "rename":
             AtomicFile.faultInjection = { op in
                 if op.hasPrefix("rename "), op.contains(arg) { kill(getpid(), SIGKILL) }

@@ -44,7 +44,7 @@ extension ContinualState {
         trainer.progress = progress
         let evalSplit = (manifest.config.evalSplit ?? ConfigDefaults.evalSplit).split
         let evaluator = Evaluator(predictor: trainer.predictor(st), tokens: tokens)
-        let before = evaluator.row(domains.map { rows($0, evalSplit) })
+        let before = try evaluator.row(domains.map { rows($0, evalSplit) })
         let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
         var entries: [RemediationReport.Entry] = []
         var best = st.bestValidationF1
@@ -53,9 +53,9 @@ extension ContinualState {
                                             routedF1Before: before.routedF1[j], routedF1After: before.routedF1[j])
             if d.classCount > 1 {
                 let val = rows(d, .val)
-                let now = oracle.oracleF1(domain: j, examples: val)
+                let now = try oracle.oracleF1(domain: j, examples: val)
                 let atLearning = j < best.count ? best[j] : now
-                let diagnosis = trainer.driftDiagnosis(st, domain: j, validation: val, headF1AtLearning: atLearning, headF1Now: now)
+                let diagnosis = try trainer.driftDiagnosis(st, domain: j, validation: val, headF1AtLearning: atLearning, headF1Now: now)
                 e.diagnosis = diagnosis
                 if diagnosis.kind == .alignmentDrift {
                     progress("remediate: domain \"\(d.name)\" is alignment drift (head drop \(String(format: "%.1f", 100 * diagnosis.headDrop)) points): refitting its gate")
@@ -65,7 +65,7 @@ extension ContinualState {
                     e.refit = GateRefit.Outcome(domain: d.name, diagnosis: diagnosis, examples: r.examples, validationF1Before: r.before,
                                                 validationF1Candidate: r.candidate, kept: r.kept)
                     if r.kept {
-                        trainer.refreshStoredLogits(st, domain: j)
+                        try trainer.refreshStoredLogits(st, domain: j)
                         if j < best.count { best[j] = max(best[j], r.candidate) }
                     }
                 }
@@ -74,7 +74,7 @@ extension ContinualState {
         }
         var report = RemediationReport(version: manifest.version, steps: n, entries: entries, routerAccuracy: before.routerAccuracy)
         guard !report.changed.isEmpty else { return report }
-        let after = evaluator.row(domains.map { rows($0, evalSplit) })
+        let after = try evaluator.row(domains.map { rows($0, evalSplit) })
         for j in report.entries.indices { report.entries[j].routedF1After = after.routedF1[j] }
         st.bestValidationF1 = best
         if var row = metrics.last {

@@ -418,6 +418,10 @@ public final class ContinualModel {
     public var chunking: ChunkedReduction?
     /// Frozen prefixes of recurring evaluation chunks (nil = off; useless without a gate-free prefix).
     public var prefixCache: PrefixCache?
+    /// Where this model's inference passes over many rows run (evaluation, validation scores,
+    /// prototypes' features, stored logits): one process, or sharded over the ranks of a
+    /// data-parallel job (`ShardedInference`). The sharded functions are collective calls.
+    public var inference = ShardedInference()
 
     // MARK: - inference
 
@@ -445,23 +449,21 @@ public final class ContinualModel {
 }
 
 extension ContinualModel {
-    /// Pooled outputs (B·C, flat) of sequences all under gate `gate`, `inferenceChunk` at a time.
-    public func pooled(_ sequences: [[Int32]], gate: Int) -> [Float] {
-        var x: [Float] = []
-        x.reserveCapacity(sequences.count * config.hidden)
-        for part in sequences.chunks() { x += pooled(Array(part), gateIds: [Int32](repeating: Int32(gate), count: part.count)) }
-        return x
+    /// Pooled outputs (B·C, flat) of sequences all under gate `gate`, `inferenceChunk` at a time
+    /// (sharded over the ranks: a collective call).
+    public func pooled(_ sequences: [[Int32]], gate: Int) throws -> [Float] {
+        let parts = try inference.map(chunksOf: sequences) { pooled($0, gateIds: [Int32](repeating: Int32(gate), count: $0.count)) }
+        return Array(parts.joined())
     }
 
     /// Per sequence, domain k's logits (its class range) under gate k, `inferenceChunk` at a time:
-    /// what the buffers store for logit replay.
-    public func domainLogits(_ sequences: [[Int32]], domain k: Int) -> [[Float]] {
-        var out: [[Float]] = []
+    /// what the buffers store for logit replay (sharded over the ranks: a collective call).
+    public func domainLogits(_ sequences: [[Int32]], domain k: Int) throws -> [[Float]] {
         let r = domains[k].classRange, V = classCount
-        for part in sequences.chunks() {
-            let lg = logits(Array(part), gateIds: [Int32](repeating: Int32(k), count: part.count))
-            for b in 0..<part.count { out.append(Array(lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)])) }
+        let parts = try inference.map(chunksOf: sequences) { part -> [Float] in
+            let lg = logits(part, gateIds: [Int32](repeating: Int32(k), count: part.count))
+            return (0..<part.count).flatMap { b in lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)] }
         }
-        return out
+        return parts.flatMap { flat in stride(from: 0, to: flat.count, by: r.count).map { Array(flat[$0..<($0 + r.count)]) } }
     }
 }

@@ -15,6 +15,9 @@ public final class DomainTrainer {
     /// The phase loop: its checkpoint hooks belong to the caller (onboarding, crash tests).
     public let loop = TrainingLoop()
     public var progress: (String) -> Void = { _ in } { didSet { loop.progress = progress } }
+    /// The job's ranks for the models this trainer makes: their chunked gradients and their
+    /// sharded inference (`Parallelism.inference` when the trainer is made).
+    public var inference: ShardedInference = Parallelism.inference
 
     public init(settings: MethodSettings, training: TrainingDefaults, encoder: SentenceEncoder, tokens: TokenCache) {
         self.settings = settings
@@ -29,8 +32,9 @@ public final class DomainTrainer {
     public func makeModel(seed: UInt64) -> ContinualModel {
         let m = ContinualModel(base: encoder.weights, spec: settings.spec, seed: seed &* 7919 &+ 17)
         if training.gradientChunk > 0 {
-            m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: Parallelism.collective)
+            m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: inference.collective)
         }
+        m.inference = inference
         if training.prefixCacheMB > 0 && m.gateFreePrefix >= 1 { m.prefixCache = PrefixCache(byteBudget: training.prefixCacheMB << 20) }
         return m
     }
@@ -131,7 +135,7 @@ public final class DomainTrainer {
                                    replay: { tb, n, rng in self.drawReplay(st, into: &tb, count: n, newDomain: k, rng: &rng) },
                                    rng: &rng, label: "\(s.name) \(label)") }
         // validation score of every seen domain: the forgetting signal (`validationScores`)
-        let (vrow, isReference) = times.time(\.quotaValidation) { validationScores(st, validation: validation) }
+        let (vrow, isReference) = try times.time(\.quotaValidation) { try validationScores(st, validation: validation) }
         var bestVal = st.bestValidationF1 + [0]
         var forgetting: [Int32: Float] = [:]
         for j in 0..<k { forgetting[Int32(j)] = Float(max(0, bestVal[j] - vrow[j])) }
@@ -139,17 +143,17 @@ public final class DomainTrainer {
         for j in 0...k where isReference[j] { bestVal[j] = max(bestVal[j], vrow[j]) }
         try times.time(\.buffer) { try updateBuffers(st, rows: rows, domain: k, forgetting: forgetting, rng: &rng) }
         if s.realignHeadSteps > 0, k > 0 {
-            times.time(\.realign) { for j in 0..<k { realignHead(m, domain: j, items: st.bufferedItems(of: j)) } }
+            try times.time(\.realign) { for j in 0..<k { try realignHead(m, domain: j, items: st.bufferedItems(of: j)) } }
         }
         var refits: [GateRefit.Outcome] = []
         if let steps = s.driftRefitSteps, steps > 0, k > 0 {
-            refits = times.time(\.realign) { refitDriftingGates(st, validation: validation, headF1AtLearning: bestVal, headF1Now: vrow, before: k) }
+            refits = try times.time(\.realign) { try refitDriftingGates(st, validation: validation, headF1AtLearning: bestVal, headF1Now: vrow, before: k) }
             for r in refits {
                 progress("  alignment drift in '\(r.domain)': gate refit \(r.kept ? "kept" : "rejected") (val F1 "
                          + String(format: "%.1f -> %.1f)", 100 * r.validationF1Before, 100 * r.validationF1Candidate))
             }
         }
-        if let router = st.router { retrainRouter(router, st, rows: rows, domain: k, rng: &rng, times: &times) }
+        if let router = st.router { try retrainRouter(router, st, rows: rows, domain: k, rng: &rng, times: &times) }
         st.rng = rng
         st.bestValidationF1 = bestVal
         return Outcome(validationF1: vrow, trained: trained, parametersAdded: parametersAdded, times: times, gateRefits: refits)
@@ -200,7 +204,7 @@ public final class DomainTrainer {
         let storeLogits = settings.loss.logitReplay > 0
         if let res = st.reservoir {
             let shuffled = rows.shuffled(using: &rng)
-            let lg = storeLogits ? st.model.domainLogits(shuffled.map(\.ids), domain: k) : []
+            let lg = storeLogits ? try st.model.domainLogits(shuffled.map(\.ids), domain: k) : []
             for (i, r) in shuffled.enumerated() {
                 res.add(ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil))
             }
@@ -209,7 +213,7 @@ public final class DomainTrainer {
         if let dual = st.dual {
             // `addDomain` folds the forgetting signal into the quotas (once: it used to be folded
             // in here as well, which applied the EMA twice per domain)
-            let lg = storeLogits ? st.model.domainLogits(rows.map(\.ids), domain: k) : []
+            let lg = storeLogits ? try st.model.domainLogits(rows.map(\.ids), domain: k) : []
             let items = rows.enumerated().map { i, r in
                 ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
             }
@@ -221,11 +225,11 @@ public final class DomainTrainer {
     /// examples of domain j: pooled features under gate j, full-batch Adam (`SoftmaxRegression`).
     /// Encoder, adapter and gates are untouched, so only the head's alignment to the current
     /// features changes; its AdamW moments are left as they were.
-    func realignHead(_ m: ContinualModel, domain j: Int, items: [ReplayItem]) {
+    func realignHead(_ m: ContinualModel, domain j: Int, items: [ReplayItem]) throws {
         let d = m.domains[j], C = m.config.hidden
         let rows = items.filter { d.classRange.contains(Int($0.label)) }
         guard rows.count >= 2 else { return }
-        let x = m.pooled(rows.map(\.tokenIds), gate: j)
+        let x = try m.pooled(rows.map(\.tokenIds), gate: j)
         let W = m.store.value(TensorName.headWeight) + d.classOffset * C, b = m.store.value(TensorName.headBias) + d.classOffset
         let cfg = SoftmaxRegression.Config(epochs: settings.realignHeadSteps, batchSize: nil, learningRate: settings.realignLearningRate)
         SoftmaxRegression.fit(features: x, labels: rows.map { $0.label - Int32(d.classOffset) }, dim: C, classes: d.intents.count,
@@ -236,22 +240,22 @@ public final class DomainTrainer {
     /// plus every buffered example of the earlier ones (balanced by domain unless the method
     /// says otherwise). Without a buffer the router only ever sees the newest domain.
     func retrainRouter(_ router: DomainRouter, _ st: LearnerState, rows: [TrainingRow], domain k: Int, rng: inout SplitMix64,
-                       times: inout PhaseTimes) {
+                       times: inout PhaseTimes) throws {
         // features once per example, batched: the kept ones of the buffered examples, domain k's
         // in the canonical chunks of its rows (shared by its prototypes and the router)
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
         let t0 = now()
         router.retainFeatures(Set(st.bufferedItems(before: k + 1).filter { !$0.isGeneral }.map {
             DomainRouter.FeatureKey(domain: $0.domain, ids: $0.tokenIds) }))
-        let features = router.domainFeatures(domain: k, sequences: rows.map(\.ids))
+        let features = try router.domainFeatures(domain: k, sequences: rows.map(\.ids))
         let t1 = now()
-        router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }, features: features)
+        try router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }, features: features)
         let t2 = now()
         defer { times.prototypes += Double(t2 - t1) / 1e9; times.router += Double(t1 - t0 + now() - t2) / 1e9 }
         var ex = rows.shuffled(using: &rng).prefix(training.routerTraining.newDomainExamples).map { ($0.ids, Int32($0.domain)) }
         ex += st.bufferedItems(before: k).filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
         var rc = training.routerTraining
         rc.balanced = settings.routerBalanced
-        router.train(ex, config: rc, optimizer: training.optimizer, rng: &rng)
+        try router.train(ex, config: rc, optimizer: training.optimizer, rng: &rng)
     }
 }

@@ -44,16 +44,16 @@ extension DomainTrainer {
     /// probe's reference when learned is the head's: the head was fitted on those features then,
     /// and a state keeps no probe of that time (nor the training rows to fit one).
     public func driftDiagnosis(_ st: LearnerState, domain j: Int, validation rows: [IntentExample],
-                               headF1AtLearning: Double, headF1Now: Double) -> ProbeDiagnosis {
+                               headF1AtLearning: Double, headF1Now: Double) throws -> ProbeDiagnosis {
         let m = st.model, d = m.domains[j]
         let items = st.bufferedItems(of: j).filter { d.classRange.contains(Int($0.label)) }
         var probeNow = Double.nan
         if items.count >= 2, !rows.isEmpty, d.intents.count > 1 {
             let evaluator = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
             let local = evaluator.labels(rows, domain: j).map { $0 - Int32(d.classOffset) }
-            probeNow = LinearProbe.fitAndScore(trainFeatures: m.pooled(items.map(\.tokenIds), gate: j),
+            probeNow = LinearProbe.fitAndScore(trainFeatures: try m.pooled(items.map(\.tokenIds), gate: j),
                                                trainLabels: items.map { $0.label - Int32(d.classOffset) },
-                                               testFeatures: m.pooled(tokens.ids(rows.map(\.text)), gate: j), testLabels: local,
+                                               testFeatures: try m.pooled(tokens.ids(rows.map(\.text)), gate: j), testLabels: local,
                                                dim: m.config.hidden, classes: d.intents.count)
         }
         return ProbeDiagnosis(domain: d.name, headF1AtLearning: headF1AtLearning, headF1Now: headF1Now,
@@ -68,7 +68,7 @@ extension DomainTrainer {
                           config: GateRefit.Config) throws -> (before: Double, candidate: Double, kept: Bool, examples: Int) {
         let d = m.domains[j], C = m.config.hidden, R = m.spec.bottleneck
         let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
-        let before = oracle.oracleF1(domain: j, examples: validation)
+        let before = try oracle.oracleF1(domain: j, examples: validation)
         let rows = items.filter { d.classRange.contains(Int($0.label)) }
         guard rows.count >= 2, d.intents.count > 1, !m.adapterLayers.isEmpty, config.steps > 0 else { return (before, before, false, rows.count) }
         let store = m.store
@@ -126,7 +126,7 @@ extension DomainTrainer {
             restore()
             throw error
         }
-        let candidate = oracle.oracleF1(domain: j, examples: validation)
+        let candidate = try oracle.oracleF1(domain: j, examples: validation)
         let gates = m.adapterLayers.indices.map { slot in Array(UnsafeBufferPointer(start: store.value(TensorName.gates(slot)) + j * R, count: R)) }
         let head = (Array(UnsafeBufferPointer(start: W, count: d.intents.count * C)), Array(UnsafeBufferPointer(start: b, count: d.intents.count)))
         restore()
@@ -148,21 +148,27 @@ extension DomainTrainer {
     /// current validation F1. Each refit draws from its own generator (seeded by the domain's name
     /// and the number of domains), not the training generator.
     func refitDriftingGates(_ st: LearnerState, validation: [[IntentExample]], headF1AtLearning: [Double], headF1Now: [Double],
-                            before k: Int) -> [GateRefit.Outcome] {
+                            before k: Int) throws -> [GateRefit.Outcome] {
         guard let steps = settings.driftRefitSteps, steps > 0 else { return [] }
-        return (0..<k).compactMap { j in
-            try? refitIfDrifting(st, domain: j, validation: validation[j], headF1AtLearning: headF1AtLearning[j],
-                                 headF1Now: headF1Now[j], steps: steps)
+        return try (0..<k).compactMap { j in
+            do {
+                return try refitIfDrifting(st, domain: j, validation: validation[j], headF1AtLearning: headF1AtLearning[j],
+                                           headF1Now: headF1Now[j], steps: steps)
+            } catch let e as JobError {
+                throw e  // a rank failed: every rank stops (a failed refit alone is only skipped)
+            } catch {
+                return nil
+            }
         }
     }
 
     /// After a kept refit of domain `j`: its buffered items' stored logits (logit replay) become
     /// those of the new gate and head, so later distillation does not pull it back to the old one.
-    public func refreshStoredLogits(_ st: LearnerState, domain j: Int) {
+    public func refreshStoredLogits(_ st: LearnerState, domain j: Int) throws {
         guard let dual = st.dual else { return }
         let items = dual.items(of: Int32(j))
         guard items.contains(where: { $0.logits != nil }) else { return }
-        dual.replaceLogits(of: Int32(j), with: st.model.domainLogits(items.map(\.tokenIds), domain: j))
+        dual.replaceLogits(of: Int32(j), with: try st.model.domainLogits(items.map(\.tokenIds), domain: j))
     }
 
     /// Diagnoses domain `j` and, if it is alignment drift, refits its gate (nil: not drifting).
@@ -170,12 +176,12 @@ extension DomainTrainer {
                                 headF1Now: Double, steps: Int) throws -> GateRefit.Outcome? {
         let m = st.model, d = m.domains[j]
         guard d.intents.count > 1 else { return nil }
-        let diagnosis = driftDiagnosis(st, domain: j, validation: validation, headF1AtLearning: headF1AtLearning, headF1Now: headF1Now)
+        let diagnosis = try driftDiagnosis(st, domain: j, validation: validation, headF1AtLearning: headF1AtLearning, headF1Now: headF1Now)
         guard diagnosis.kind == .alignmentDrift else { return nil }
         let cfg = GateRefit.Config(steps: steps, learningRate: settings.driftRefitLearningRate ?? settings.learningRate,
                                    batchSize: settings.batchSize, seed: FNV1a.of(d.name) &+ UInt64(m.domains.count) &* 0x9E37)
         let r = try refitGate(m, domain: j, items: st.bufferedItems(of: j), validation: validation, config: cfg)
-        if r.kept { refreshStoredLogits(st, domain: j) }
+        if r.kept { try refreshStoredLogits(st, domain: j) }
         return GateRefit.Outcome(domain: d.name, diagnosis: diagnosis, examples: r.examples, validationF1Before: r.before,
                                  validationF1Candidate: r.candidate, kept: r.kept)
     }

@@ -15,44 +15,50 @@ extension DomainTrainer {
     /// every seen class under the newest gate, as routed evaluation does. Not a reference: the
     /// newest domain's score when it has one intent (its trivial oracle F1), and a routed recall
     /// while the router knows a single domain (trivially 1).
-    func validationScores(_ st: LearnerState, validation: [[IntentExample]]) -> (scores: [Double], reference: [Bool]) {
+    ///
+    /// Every domain's canonical chunks go through one sharded pass (the list domain after domain,
+    /// `ShardedInference.owner`), so every rank gets the same scores (they steer its buffer).
+    func validationScores(_ st: LearnerState, validation: [[IntentExample]]) throws -> (scores: [Double], reference: [Bool]) {
         let m = st.model, k = m.domains.count - 1
         precondition(validation.count == k + 1, "validationScores: rows for \(validation.count) domains, expected \(k + 1)")
         let oracle = Evaluator(predictor: RoutedPredictor(model: m, router: nil), tokens: tokens)
+        // an oracle score (macro-F1) or a routed recall (one-intent earlier domains)
+        let byOracle = validation.indices.map { j in m.domains[j].intents.count > 1 || j == k }
+        var parts: [(domain: Int, seqs: [[Int32]])] = []
+        for (j, rows) in validation.enumerated() {
+            for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, Array(part))) }
+        }
+        // per chunk: its oracle classes, or the number of its rows routed to their own domain
+        let out = try m.inference.map(parts.count, rows: { parts[$0].seqs.count }, key: m.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
+            let (j, seqs) = parts[i]
+            return byOracle[j] ? oracle.oracle(seqs, domain: j).classes : [Int32(routedHits(st, domain: j, seqs, among: k))]
+        }
+        var perDomain = [[Int32]](repeating: [], count: validation.count)
+        for (i, p) in parts.enumerated() { perDomain[p.domain] += out[i] }
         var scores: [Double] = [], reference: [Bool] = []
         for (j, rows) in validation.enumerated() {
-            if m.domains[j].intents.count > 1 {
-                scores.append(oracle.oracleF1(domain: j, examples: rows))
-                reference.append(true)
-            } else if j == k {
-                scores.append(oracle.oracleF1(domain: j, examples: rows))
-                reference.append(false)
+            if byOracle[j] {
+                scores.append(macroF1(predictions: perDomain[j], labels: oracle.labels(rows, domain: j),
+                                      classes: m.domains[j].classRange.map(Int32.init)))
+                reference.append(m.domains[j].intents.count > 1)  // not the newest one-intent domain's trivial 1
             } else {
-                scores.append(routedRecall(st, domain: j, rows: rows, among: k))
+                scores.append(rows.isEmpty ? 0 : Double(perDomain[j].reduce(0, +)) / Double(rows.count))
                 reference.append(st.router == nil || k > 1)
             }
         }
         return (scores, reference)
     }
 
-    /// Share of `rows` (of domain `j`) that routing sends to domain j, choosing among the first
-    /// `among` domains when a router decides (0 for no rows).
-    func routedRecall(_ st: LearnerState, domain j: Int, rows: [IntentExample], among: Int) -> Double {
-        guard !rows.isEmpty else { return 0 }
+    /// How many of `seqs` (one chunk of domain `j`'s rows) routing sends to domain j, choosing
+    /// among the first `among` domains when a router decides.
+    func routedHits(_ st: LearnerState, domain j: Int, _ seqs: [[Int32]], among: Int) -> Int {
         let m = st.model
-        var hits = 0
-        for part in tokens.ids(rows.map(\.text)).chunks() {
-            let seqs = Array(part)
-            if let router = st.router {
-                guard among > 1 else { hits += seqs.count; continue }
-                let p = router.probabilities(router.features(seqs).flatMap { $0 }, count: seqs.count)
-                let K = m.domains.count
-                hits += (0..<seqs.count).filter { argmax(p, row: $0, width: K, in: 0..<among) == j }.count
-            } else {
-                let out = RoutedPredictor(model: m, router: nil).predictChunk(seqs, features: .cached)
-                hits += out.domains.filter { $0 == j }.count
-            }
+        if let router = st.router {
+            guard among > 1 else { return seqs.count }
+            let p = router.probabilities(router.features(seqs).flatMap { $0 }, count: seqs.count)
+            let K = m.domains.count
+            return (0..<seqs.count).filter { argmax(p, row: $0, width: K, in: 0..<among) == j }.count
         }
-        return Double(hits) / Double(rows.count)
+        return RoutedPredictor(model: m, router: nil).predictChunk(seqs, features: .cached).domains.filter { $0 == j }.count
     }
 }
