@@ -193,6 +193,35 @@ import Testing
         #expect(try one.map(0, rows: { _ in 1 }) { _ -> [Int32] in Issue.record("no chunk to run"); return [] }.isEmpty)
     }
 
+    /// A gradient chunk that fails on one rank (a bad label in its rows) fails the step on every
+    /// rank alike, before the gather, so no rank is left waiting (a caller that skips a failed
+    /// step, like a gate refit, would otherwise desynchronise the ranks); the group still works.
+    @Test func failedGradientChunkOnOneRankFailsEveryRank() throws {
+        let got = Self.onRanks(3) { c -> [UInt32] in
+            let m = TrainingTests.model { $0.adapter = true }
+            m.chunking = ChunkedReduction(chunkSize: 3, threads: 1, collective: c)
+            var bad = Self.batch(m)
+            bad.labels[7] = 999                                 // rows 6-8: the third chunk's
+            do {
+                _ = try m.computeGradients(bad, weights: Self.weights)
+                Issue.record("rank \(c.rank): the bad chunk did not fail the step")
+            } catch let JobError.rankFailed(rank, size, message) {
+                #expect(rank == 2 && size == 3 && message.contains("label"), "rank \(c.rank): \(rank) \(size) \(message)")
+            }
+            m.store.zeroGrads()
+            _ = try m.computeGradients(Self.batch(m), weights: Self.weights)
+            return Array(m.store.grads.buffer).map(\.bitPattern)
+        }
+        let grads = try got.map { try $0.get() }
+        #expect(grads.allSatisfy { $0 == grads[0] } && grads[0].contains { $0 != 0 })
+        // one process: the error itself
+        let m = TrainingTests.model { $0.adapter = true }
+        m.chunking = ChunkedReduction(chunkSize: 3, threads: 1)
+        var bad = Self.batch(m)
+        bad.labels[7] = 999
+        #expect(throws: TrainingError.self) { _ = try m.computeGradients(bad, weights: Self.weights) }
+    }
+
     /// What one rank keeps of a sharded Dual-Replay run: validation scores, R rows (bits), probe
     /// and multi-intent scores, final parameters and buffer logits, and its tally.
     struct ShardedRun {

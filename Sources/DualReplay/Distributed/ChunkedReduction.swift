@@ -101,7 +101,11 @@ public final class ChunkedReduction {
                 if width == 1 { body(0) } else { DispatchQueue.concurrentPerform(iterations: width, execute: body) }
             }
         }
-        if let e = (0..<T).lazy.compactMap({ failures[$0] }).first { throw e }
+        // a chunk that failed on one rank must not leave the others waiting in the gather (a
+        // caller that skips a failed step, like a gate refit, would desynchronise the ranks): the
+        // ranks agree first, and every rank throws `JobError.rankFailed` (one process: the error)
+        let failure = (0..<T).lazy.compactMap({ failures[$0] }).first
+        try collective.agree { if let failure { throw failure } }
         // every rank's chunks, in chunk order
         let counts = (0..<size).map { block(ofRank: $0, chunkCount: n).count * stride }
         if gathered.count < n * stride { gathered = [Float](repeating: 0, count: n * stride) }
