@@ -40,6 +40,9 @@ struct MethodRun {
         let diagnose = config.diagnostics ?? ConfigDefaults.diagnostics
         var probeAtLearning: [Double] = []
         var times = PhaseTimes()
+        // gathering across ranks during this run (the inference collective may outlive the run)
+        let communicated = { (m.chunking?.communicationSeconds ?? 0) + m.inference.communicationSeconds }
+        let communicatedBefore = communicated()
         var refits: [[GateRefit.Outcome]] = []
         for (k, d) in order.domains.enumerated() {
             let t0 = Date()
@@ -93,6 +96,7 @@ struct MethodRun {
             result.latencyP99ms = lat.p99
         }
         times.evaluation += Date().timeIntervalSince(t3)
+        times.communication = communicated() - communicatedBefore
         result.timing = times
         if m.prototypeFloats > 0 { result.prototypeFloats = m.prototypeFloats }
         return result

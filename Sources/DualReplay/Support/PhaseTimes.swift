@@ -19,6 +19,10 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
     public var evaluation = 0.0
     /// Saving the partial results after the run.
     public var io = 0.0
+    /// Of the phases above, the seconds a data-parallel run spent gathering chunk gradients and
+    /// sharded inference outputs across ranks (0 in one process); not a phase of its own and not
+    /// in `total`. Written only when above 0.
+    public var communication = 0.0
 
     public init() {}
 
@@ -40,6 +44,7 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
     public static func + (a: PhaseTimes, b: PhaseTimes) -> PhaseTimes {
         var r = a
         for p in phases { r[keyPath: p.key] += b[keyPath: p.key] }
+        r.communication += b.communication
         return r
     }
 
@@ -55,9 +60,11 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
         var c = encoder.container(keyedBy: Key.self)
         for p in Self.phases { try c.encode(self[keyPath: p.key], forKey: Key(p.name)) }
         try c.encode(total, forKey: Key("total"))
+        if communication > 0 { try c.encode(communication, forKey: Key("communication")) }
     }
     public init(from decoder: Swift.Decoder) throws {
         let c = try decoder.container(keyedBy: Key.self)
         for p in Self.phases { self[keyPath: p.key] = try c.decode(Double.self, forKey: Key(p.name)) }
+        communication = try c.decodeIfPresent(Double.self, forKey: Key("communication")) ?? 0
     }
 }
