@@ -3,6 +3,37 @@
 #include "dr_kernels.h"
 #include <math.h>
 
+// One row of a softmax over [l, h): the exponentials go straight into an output row (dlogits first,
+// else probs) and are normalised there; probs gets the probabilities, dlogits w · probabilities
+// (the caller subtracts the target). Returns log Σ exp(x) over the range (the log-sum-exp).
+static double softmax_row(float *d, float *p, const float *x, int64_t l, int64_t h, int64_t V, float w) {
+    float mx = x[l];
+    for (int64_t j = l + 1; j < h; j++) mx = x[j] > mx ? x[j] : mx;
+    float *row = d ? d : p;
+    double sum = 0.0;
+    if (row) {
+        for (int64_t j = l; j < h; j++) {
+            row[j] = expf(x[j] - mx);
+            sum += row[j];
+        }
+    } else {
+        for (int64_t j = l; j < h; j++) sum += expf(x[j] - mx);
+    }
+    const float inv = (float)(1.0 / sum);
+    if (p) {
+        for (int64_t j = 0; j < l; j++) p[j] = 0.0f;
+        for (int64_t j = l; j < h; j++) p[j] = row[j] * inv;
+        for (int64_t j = h; j < V; j++) p[j] = 0.0f;
+    }
+    if (d) {
+        const float s = w * inv;
+        for (int64_t j = 0; j < l; j++) d[j] = 0.0f;
+        for (int64_t j = l; j < h; j++) d[j] = row[j] * s;
+        for (int64_t j = h; j < V; j++) d[j] = 0.0f;
+    }
+    return log(sum) + (double)mx;
+}
+
 int dr_softmax_xent_forward_backward(float *losses, float *dlogits, float *probs,
                                      const float *logits, const int32_t *labels,
                                      const int32_t *lo, const int32_t *hi, const float *weights,
@@ -19,39 +50,9 @@ int dr_softmax_xent_forward_backward(float *losses, float *dlogits, float *probs
         const int64_t l = lo ? lo[b] : 0, h = hi ? hi[b] : V;
         const float *x = logits + b * V;
         const float w = weights ? weights[b] : w_default;
-
-        float mx = x[l];
-        for (int64_t j = l + 1; j < h; j++) mx = x[j] > mx ? x[j] : mx;
-
-        // The exponentials go straight into an output row (dlogits first, else probs) and are
-        // normalised there in place.
-        float *row = dlogits ? dlogits + b * V : (probs ? probs + b * V : NULL);
-        double sum = 0.0;
-        if (row) {
-            for (int64_t j = l; j < h; j++) {
-                row[j] = expf(x[j] - mx);
-                sum += row[j];
-            }
-        } else {
-            for (int64_t j = l; j < h; j++) sum += expf(x[j] - mx);
-        }
-        losses[b] = (float)(log(sum) + (double)mx - (double)x[labels[b]]);
-        const float inv = (float)(1.0 / sum);
-
-        if (probs) {
-            float *p = probs + b * V;
-            for (int64_t j = 0; j < l; j++) p[j] = 0.0f;
-            for (int64_t j = l; j < h; j++) p[j] = row[j] * inv;
-            for (int64_t j = h; j < V; j++) p[j] = 0.0f;
-        }
-        if (dlogits) {
-            float *d = dlogits + b * V;
-            const float s = w * inv;
-            for (int64_t j = 0; j < l; j++) d[j] = 0.0f;
-            for (int64_t j = l; j < h; j++) d[j] = row[j] * s;
-            for (int64_t j = h; j < V; j++) d[j] = 0.0f;
-            d[labels[b]] -= w;
-        }
+        float *d = dlogits ? dlogits + b * V : NULL;
+        losses[b] = (float)(softmax_row(d, probs ? probs + b * V : NULL, x, l, h, V, w) - (double)x[labels[b]]);
+        if (d) d[labels[b]] -= w;
     }
     return DR_OK;
 }
@@ -132,42 +133,16 @@ int dr_softmax_set_xent_forward_backward(float *losses, float *dlogits, float *p
         const float w = weights ? weights[b] : w_default;
         const int64_t s0 = set_offsets[b], s1 = set_offsets[b + 1];
         const int64_t n = s1 - s0;
-
-        float mx = x[l];
-        for (int64_t j = l + 1; j < h; j++) mx = x[j] > mx ? x[j] : mx;
-
-        // As in dr_softmax_xent_forward_backward: exponentials straight into an output row.
-        float *row = dlogits ? dlogits + b * V : (probs ? probs + b * V : NULL);
-        double sum = 0.0;
-        if (row) {
-            for (int64_t j = l; j < h; j++) {
-                row[j] = expf(x[j] - mx);
-                sum += row[j];
-            }
-        } else {
-            for (int64_t j = l; j < h; j++) sum += expf(x[j] - mx);
-        }
+        float *d = dlogits ? dlogits + b * V : NULL;
+        const double lse = softmax_row(d, probs ? probs + b * V : NULL, x, l, h, V, w);
         // Σ_t q_t x_t with q uniform over the set; for n == 1 this is x[label] exactly.
         double target = (double)x[set_labels[s0]];
         if (n > 1) {
             for (int64_t i = s0 + 1; i < s1; i++) target += (double)x[set_labels[i]];
             target /= (double)n;
         }
-        losses[b] = (float)(log(sum) + (double)mx - target);
-        const float inv = (float)(1.0 / sum);
-
-        if (probs) {
-            float *p = probs + b * V;
-            for (int64_t j = 0; j < l; j++) p[j] = 0.0f;
-            for (int64_t j = l; j < h; j++) p[j] = row[j] * inv;
-            for (int64_t j = h; j < V; j++) p[j] = 0.0f;
-        }
-        if (dlogits) {
-            float *d = dlogits + b * V;
-            const float s = w * inv;
-            for (int64_t j = 0; j < l; j++) d[j] = 0.0f;
-            for (int64_t j = l; j < h; j++) d[j] = row[j] * s;
-            for (int64_t j = h; j < V; j++) d[j] = 0.0f;
+        losses[b] = (float)(lse - target);
+        if (d) {
             const float wq = n == 1 ? w : w / (float)n;
             for (int64_t i = s0; i < s1; i++) d[set_labels[i]] -= wq;
         }
