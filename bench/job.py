@@ -75,30 +75,43 @@ def matrix_metrics(f1):
     return avg, bwt
 
 
-def ours(args, cfg, threads):
-    out_dir = os.path.join(args.out, f"ours-t{threads}")
-    cmd = [args.bin, "run", "--config", cfg, "--threads", str(threads), "--out", out_dir]
+def run_ours(args, cfg, threads, name, launcher=()):
+    """`dualreplay run` of cfg into <out>/<name> (log <out>/<name>.log), started through launcher
+    (e.g. mpirun and its flags) if given. Returns the record (command, exit code, wall time, peak
+    RSS, load, F1 and BWT of the dual-replay run) and that run of results.json (None on failure)."""
+    out_dir = os.path.join(args.out, name)
+    cmd = list(launcher) + [args.bin, "run", "--config", cfg, "--threads", str(threads), "--out", out_dir]
     if args.model:
         cmd += ["--model", args.model]
     env = dict(os.environ)
     if args.data:
         env["DR_DATA"] = args.data
+    if launcher:
+        env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
     os.makedirs(out_dir, exist_ok=True)
     load0 = load_average()
-    wall, rss, rc = run_child(cmd, os.path.join(args.out, f"ours-t{threads}.log"), env)
-    rec = {"side": "ours", "threads": threads, "command": cmd, "exitCode": rc, "wallSeconds": wall, "peakRssMiB": rss,
+    wall, rss, rc = run_child(cmd, os.path.join(args.out, f"{name}.log"), env)
+    rec = {"threads": threads, "command": cmd, "exitCode": rc, "wallSeconds": wall, "peakRssMiB": rss,
            "loadBefore": load0, "loadAfter": load_average()}
     if rc != 0:
-        return rec
+        return rec, None
     with open(os.path.join(out_dir, "results.json")) as f:
         res = json.load(f)
     run = next(r for r in res["runs"] if r.get("kind") == "dual-replay")
     rec["routedF1"], rec["routedBWT"] = matrix_metrics(run["routed"]["f1"])
     rec["oracleF1"], rec["oracleBWT"] = matrix_metrics(run["oracle"]["f1"])
+    rec["timing"] = run.get("timing")  # phases, when this build records them
+    return rec, run
+
+
+def ours(args, cfg, threads):
+    rec, run = run_ours(args, cfg, threads, f"ours-t{threads}")
+    rec["side"] = "ours"
+    if run is None:
+        return rec
     rec["routerAccuracy"] = (run.get("routerAccuracy") or [None])[-1]
     rec["trainSeconds"], rec["evalSeconds"] = run.get("trainSeconds"), run.get("evalSeconds")
     rec["latencyP50ms"], rec["latencyP99ms"] = run.get("latencyP50ms"), run.get("latencyP99ms")
-    rec["timing"] = run.get("timing")  # phases, when this build records them
     return rec
 
 

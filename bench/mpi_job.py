@@ -18,41 +18,22 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import job  # noqa: E402  (sitting, run_child, matrix_metrics)
+import job  # noqa: E402  (sitting, run_ours)
 
 CONFIG = os.path.join(job.REPO, "bench", "experiments", "bench-mpi-reduced.json")
 
 
 def run_layout(args, ranks, threads):
-    name = f"{ranks}x{threads}"
-    out_dir = os.path.join(args.out, name)
-    os.makedirs(out_dir, exist_ok=True)
-    cmd = [args.bin, "run", "--config", CONFIG, "--threads", str(threads), "--out", out_dir]
-    if args.model:
-        cmd += ["--model", args.model]
-    env = dict(os.environ)
-    if args.data:
-        env["DR_DATA"] = args.data
+    launcher = []
     if ranks > 1:
         launcher = [args.mpirun, "-np", str(ranks), "--bind-to", "core", "--oversubscribe"]
         if os.geteuid() == 0:
             launcher.append("--allow-run-as-root")
-        env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        cmd = launcher + cmd
-    load0 = job.load_average()
-    wall, rss, rc = job.run_child(cmd, os.path.join(args.out, f"{name}.log"), env)
-    rec = {"layout": name, "ranks": ranks, "threads": threads, "command": cmd, "exitCode": rc, "wallSeconds": wall,
-           "peakRssMiB": rss, "loadBefore": load0, "loadAfter": job.load_average()}
-    if rc != 0:
+    rec, run = job.run_ours(args, CONFIG, threads, f"{ranks}x{threads}", launcher)
+    rec.update(layout=f"{ranks}x{threads}", ranks=ranks)
+    if run is None:
         return rec, None
-    with open(os.path.join(out_dir, "results.json")) as f:
-        res = json.load(f)
-    run = res["runs"][0]
-    rec["routedF1"], rec["routedBWT"] = job.matrix_metrics(run["routed"]["f1"])
-    rec["oracleF1"], rec["oracleBWT"] = job.matrix_metrics(run["oracle"]["f1"])
-    rec["timing"] = run.get("timing")
-    matrices = {k: run[k]["f1"] for k in ("routed", "oracle", "routedAccuracy", "oracleAccuracy")}
-    return rec, matrices
+    return rec, {k: run[k]["f1"] for k in ("routed", "oracle", "routedAccuracy", "oracleAccuracy")}
 
 
 def main():

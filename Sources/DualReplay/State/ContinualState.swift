@@ -383,8 +383,7 @@ public final class ContinualState {
         // the kept router features of the buffered examples, in buffer order, each once
         let features: [RouterFeatureFile.Entry]? = st.router.map { router in
             var seen = Set<DomainRouter.FeatureKey>()
-            return st.bufferedItems(before: st.model.domains.count).filter { !$0.isGeneral }.compactMap { item in
-                let key = DomainRouter.FeatureKey(domain: item.domain, ids: item.tokenIds)
+            return st.routerFeatureKeys(before: st.model.domains.count).compactMap { key in
                 guard seen.insert(key).inserted, let f = router.trainingFeatures[key] else { return nil }
                 return (key, f)
             }

@@ -36,9 +36,9 @@ public enum RouterFeatureFile {
     }
 
     /// Reads and checks the file (already size- and checksum-verified against the manifest):
-    /// format, shapes, `hidden` floats per feature, finite values, domains below `domainCount`,
+    /// format, shapes, finite values, domains below `domainCount`,
     /// offsets that run from 0 to the token count without going back. Errors name the file.
-    static func decode(_ url: URL, hidden: Int?, domainCount: Int) throws -> [Entry] {
+    static func decode(_ url: URL, domainCount: Int) throws -> [Entry] {
         let path = url.path
         func bad(_ reason: String) -> StateError { .malformed(file: path, reason: reason) }
         let file: SafeTensorsFile
@@ -55,7 +55,6 @@ public enum RouterFeatureFile {
         let n = domains.count
         guard shape.count == 2, shape[0] == n else { throw bad("features have shape \(shape) for \(n) entries") }
         let C = shape[1]
-        if let hidden, n > 0, C != hidden { throw bad("features of \(C) floats, the encoder's hidden size is \(hidden)") }
         guard offsets.count == n + 1, offsets.first == 0, offsets.last == Int64(ids.count) else {
             throw bad("offsets must run from 0 to the \(ids.count) token ids in \(n + 1) steps")
         }

@@ -405,7 +405,7 @@ public enum StateDirectory {
             domainExamples.append(rows)
         }
         let routerFeatures = contents[RouterFeatureFile.name] == nil ? nil
-            : try RouterFeatureFile.decode(vdir.appendingPathComponent(RouterFeatureFile.name), hidden: nil, domainCount: manifest.domains.count)
+            : try RouterFeatureFile.decode(vdir.appendingPathComponent(RouterFeatureFile.name), domainCount: manifest.domains.count)
         return LoadedState(directory: dir, versionDirectory: vdir,
                            snapshot: StateSnapshot(manifest: manifest, values: values, moment1: m1, moment2: m2,
                                                    buffer: buffer, metrics: metrics, domainExamples: domainExamples,

@@ -243,15 +243,17 @@ public final class DomainTrainer {
                        times: inout PhaseTimes) throws {
         // features once per example, batched: the kept ones of the buffered examples, domain k's
         // in the canonical chunks of its rows (shared by its prototypes and the router)
-        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
-        let t0 = now()
-        router.retainFeatures(Set(st.bufferedItems(before: k + 1).filter { !$0.isGeneral }.map {
-            DomainRouter.FeatureKey(domain: $0.domain, ids: $0.tokenIds) }))
-        let features = try router.domainFeatures(domain: k, sequences: rows.map(\.ids))
-        let t1 = now()
-        try router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }, features: features)
-        let t2 = now()
-        defer { times.prototypes += Double(t2 - t1) / 1e9; times.router += Double(t1 - t0 + now() - t2) / 1e9 }
+        let features = try times.time(\.router) { () throws -> [Float] in
+            router.retainFeatures(Set(st.routerFeatureKeys(before: k + 1)))
+            return try router.domainFeatures(domain: k, sequences: rows.map(\.ids))
+        }
+        try times.time(\.prototypes) { try router.fitPrototypes(domain: k, examples: rows.map { ($0.ids, $0.label) }, features: features) }
+        try times.time(\.router) { try trainRouter(router, st, rows: rows, domain: k, rng: &rng) }
+    }
+
+    /// The router's retraining after domain k: a sample of the new domain plus every buffered
+    /// example of the earlier ones.
+    private func trainRouter(_ router: DomainRouter, _ st: LearnerState, rows: [TrainingRow], domain k: Int, rng: inout SplitMix64) throws {
         var ex = rows.shuffled(using: &rng).prefix(training.routerTraining.newDomainExamples).map { ($0.ids, Int32($0.domain)) }
         ex += st.bufferedItems(before: k).filter { !$0.isGeneral }.map { ($0.tokenIds, $0.domain) }
         var rc = training.routerTraining

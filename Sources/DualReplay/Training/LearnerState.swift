@@ -29,6 +29,12 @@ public final class LearnerState {
         dual?.items(of: Int32(j)) ?? reservoir?.items.filter { $0.domain == Int32(j) } ?? []
     }
 
+    /// The router feature keys (`DomainRouter.FeatureKey`) of the buffered domain examples of
+    /// every domain before `k`, in `bufferedItems(before:)` order (a repeated example repeats).
+    public func routerFeatureKeys(before k: Int) -> [DomainRouter.FeatureKey] {
+        bufferedItems(before: k).filter { !$0.isGeneral }.map { DomainRouter.FeatureKey(domain: $0.domain, ids: $0.tokenIds) }
+    }
+
     /// Buffered items of every domain before `k`: the dual stream's domain by domain, the
     /// reservoir's in buffer order.
     public func bufferedItems(before k: Int) -> [ReplayItem] {
