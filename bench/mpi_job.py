@@ -8,7 +8,8 @@ config (bench/experiments/bench-mpi-reduced.json: the reduced bench-job with gra
 
 Per layout: wall time, phases (runs[0].timing, with `communication`: the seconds the ranks spent
 gathering chunk gradients and sharded inference outputs, part of the phases it happens in), F1,
-peak RSS of the launcher's children (for mpirun: the largest rank). The R matrices of every layout
+peak RSS of the launcher's children (for mpirun: the largest rank); then per training step (from
+runs[0].communication): the step's wall time, its communication and the bytes each rank received. The R matrices of every layout
 must be identical (the reduction is in chunk order whatever the layout): the script says whether
 they are. Writes <out>/mpi.json with the sitting (CPU, boot id, load).
 """
@@ -33,6 +34,7 @@ def run_layout(args, ranks, threads):
     rec.update(layout=f"{ranks}x{threads}", ranks=ranks)
     if run is None:
         return rec, None
+    rec["communication"] = run.get("communication")
     return rec, {k: run[k]["f1"] for k in ("routed", "oracle", "routedAccuracy", "oracleAccuracy")}
 
 
@@ -64,6 +66,20 @@ def main():
         cells = [f"{t[p]:.1f}" if isinstance(t.get(p), (int, float)) else "-" for p in phases]
         f1 = f"{100 * r['routedF1']:.1f} / {100 * r['oracleF1']:.1f}" if r.get("routedF1") is not None else f"exit {r['exitCode']}"
         print(f"| {r['layout']} | {r['wallSeconds']:.1f} | " + " | ".join(cells) + f" | {f1} | {r['peakRssMiB']:.0f} |")
+    print("\nPer training step (SGD phase / gathered steps; communication: the failure agreement, the gradients'")
+    print("all-gather and the parameter-hash check, waiting for the slowest rank included):\n")
+    print("| layout | steps | step ms | communication ms per step | share of the step | received per step KiB |"
+          " inference gathers | their s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in records:
+        c, t = r.get("communication") or {}, r.get("timing") or {}
+        steps = c.get("gradientSteps") or 0
+        if not steps or not t.get("sgd"):
+            print(f"| {r['layout']} | - | - | - | - | - | - | - |")
+            continue
+        step_ms, comm_ms = 1000 * t["sgd"] / steps, 1000 * c["gradientSeconds"] / steps
+        print(f"| {r['layout']} | {steps} | {step_ms:.1f} | {comm_ms:.2f} | {100 * comm_ms / step_ms:.1f}% |"
+              f" {c['gradientBytes'] / steps / 1024:.0f} | {c.get('inferencePasses', 0)} | {c.get('inferenceSeconds', 0):.1f} |")
     print(f"\nR matrices identical across layouts: {'yes' if same and first is not None else 'NO'}")
     with open(os.path.join(args.out, "mpi.json"), "w") as f:
         json.dump({"sitting": job.sitting(), "config": os.path.relpath(CONFIG, job.REPO), "identical": same and first is not None,

@@ -104,6 +104,36 @@ import Testing
         for r in 0..<ranks { #expect(byRank[r] == reference, "rank \(r) of \(ranks) differs from the one-process run") }
     }
 
+    /// The gradient half of the communication figures: one gathered step per training step, and
+    /// per step every chunk's trainable gradients and its loss parts (8 floats), on every rank;
+    /// the chunks' own threads count nothing (one process moves nothing, but still gathers).
+    @Test(arguments: [1, 2, 3])
+    func gatheredStepsAndBytesAreCounted(ranks: Int) throws {
+        let steps = 3, chunkSize = 2
+        let got = Self.onRanks(ranks) { c -> (CommunicationStats, rows: Int, floats: Int) in
+            let m = TrainingTests.model { $0.adapter = true }
+            let red = ChunkedReduction(chunkSize: chunkSize, threads: 1, collective: c)
+            m.chunking = red
+            let adam = AdamWStep(config: OptimizerConfig())
+            var rows = 0
+            for s in 0..<steps {
+                let tb = Self.batch(m, seed: UInt64(s))
+                rows = tb.count
+                _ = try m.trainStep(tb, weights: Self.weights, optimizer: adam, lr: 1e-2)
+            }
+            let floats = m.store.trainableSegments { $0.group != "router" }.reduce(0) { $0 + $1.count }
+            return (red.communication, rows, floats)
+        }
+        for (r, result) in got.enumerated() {
+            let (c, rows, floats) = try result.get()
+            let chunks = (rows + chunkSize - 1) / chunkSize
+            #expect(chunks > 1)
+            #expect(c.gradientSteps == steps && c.inferencePasses == 0, "rank \(r) of \(ranks): \(c)")
+            #expect(c.gradientBytes == steps * chunks * (floats + 8) * 4, "rank \(r) of \(ranks): \(c.gradientBytes) bytes")
+            #expect(c.gradientSeconds >= 0 && c.seconds == c.gradientSeconds)
+        }
+    }
+
     /// A batch with fewer chunks than ranks (an epoch's last, short batch) leaves the ranks past
     /// its chunks idle: same result. (Starting more ranks than a full batch has chunks is refused
     /// by the CLI, MPITests.)
@@ -146,13 +176,14 @@ import Testing
             return (0..<(i % 4 == 1 ? 0 : 3 + i)).map { Float(bitPattern: bits[$0 % 4] &+ UInt32($0 / 4)) }
         }
         let rows = { (i: Int) in 1 + i % 3 }
-        let got = Self.onRanks(ranks) { c -> (out: [[Float]], ran: [Int], tally: ShardedInference.Tally, again: [[Int32]], ranAgain: [Int]) in
+        let got = Self.onRanks(ranks) { c -> (out: [[Float]], ran: [Int], tally: ShardedInference.Tally, again: [[Int32]], ranAgain: [Int],
+                                               communication: CommunicationStats) in
             let s = ShardedInference(collective: c)
             var ran: [Int] = [], ranAgain: [Int] = []
             let out = try s.map(count, rows: rows) { i in ran.append(i); return output(i) }
             // a second map of another type over the same group, with a key: it starts on rank 7 mod N
             let again = try s.map(3, rows: { _ in 2 }, key: 7) { i in ranAgain.append(i); return [Int32(i), Int32(-i)] }
-            return (out, ran, s.tally, again, ranAgain)
+            return (out, ran, s.tally, again, ranAgain, s.communication)
         }
         let want = (0..<count).map { output($0).map(\.bitPattern) }
         var chunks = 0, utterances = 0
@@ -167,6 +198,11 @@ import Testing
             #expect(g.tally.totalRows == (0..<count).map(rows).reduce(0, +) + 6)
             chunks += g.tally.chunks
             utterances += g.tally.rows
+            // what every rank received: per pass the N sizes (8 B each), per chunk its count word and
+            // its bytes rounded up to words (Float and Int32 are one word each)
+            let words = want.reduce(0) { $0 + 1 + $1.count } + 3 * 3
+            #expect(g.communication.inferencePasses == (ranks > 1 ? 2 : 0) && g.communication.gradientSteps == 0)
+            #expect(g.communication.inferenceBytes == (ranks > 1 ? 4 * words + 2 * 8 * ranks : 0), "rank \(r) of \(ranks): \(g.communication)")
         }
         #expect(chunks == count + 3 && utterances == (0..<count).map(rows).reduce(0, +) + 6, "every chunk computed exactly once")
     }

@@ -164,7 +164,7 @@ import Glibc
         func strip(_ v: Any) -> Any {
             if let d = v as? [String: Any] {
                 var out: [String: Any] = [:]
-                for (k, x) in d where !["createdAt", "timing", "trainSeconds", "evalSeconds", "trainExamplesPerSecond", "ranks", "parallel"].contains(k) { out[k] = strip(x) }
+                for (k, x) in d where !["createdAt", "timing", "communication", "trainSeconds", "evalSeconds", "trainExamplesPerSecond", "ranks", "parallel"].contains(k) { out[k] = strip(x) }
                 return out
             }
             if let a = v as? [Any] { return a.map(strip) }
@@ -288,6 +288,11 @@ import Glibc
         let one = try Self.run(0, args("one"), logs: root)
         try #require(one.ok, "\(one.stderr)")
         let reference = root.appendingPathComponent("one/results.json")
+        func moved(_ url: URL) throws -> CommunicationStats {
+            try #require(try JSONDecoder().decode(ExperimentResults.self, from: Data(contentsOf: url)).runs.first?.communication)
+        }
+        let oneMoved = try moved(reference)
+        #expect(oneMoved.gradientSteps > 0 && oneMoved.gradientBytes > 0 && oneMoved.inferencePasses == 0, "\(oneMoved)")
         // 3 ranks: blocks of 1, 1 and 2 chunks (the onboarding test below runs 1, 2 and 4 ranks)
         for (ranks, transport) in [(3, Transport.sharedMemory)] {
             let r = try Self.run(ranks, args("data-\(ranks)"), transport: transport, logs: root)
@@ -296,6 +301,10 @@ import Glibc
             #expect(try Self.matrices(got) == Self.matrices(reference), "\(ranks) ranks: R matrices differ")
             #expect(try Self.comparable(got) == Self.comparable(reference), "\(ranks) ranks: results.json differs")
             #expect(r.stderr.contains("on \(ranks) MPI ranks (data)"), "\(r.stderr)")
+            // the same steps gather the same chunks whatever the rank count; inference now gathers too
+            let m = try moved(got)
+            #expect(m.gradientSteps == oneMoved.gradientSteps && m.gradientBytes == oneMoved.gradientBytes, "\(m) against \(oneMoved)")
+            #expect(m.inferencePasses > 0 && m.inferenceBytes > 0, "\(m)")
             let shares = try #require(Self.inferenceShares(r.stderr), "no inference shares reported: \(r.stderr)")
             #expect(shares.chunks.count == ranks && shares.chunks.reduce(0, +) == shares.total && shares.rows.reduce(0, +) == shares.totalRows)
             #expect(shares.total > shares.passes, "only one-chunk passes: nothing to share out: \(shares)")

@@ -20,8 +20,9 @@ public final class ChunkedReduction {
     /// bit patterns of its four loss parts. `gathered`: every rank's, in chunk order.
     private var packed: [Float] = []
     private var gathered: [Float] = []
-    /// Seconds spent in the collective (communication), for the benches.
-    public private(set) var communicationSeconds = 0.0
+    /// What the steps' collectives moved and how long they took (the gradient half), for the
+    /// benches.
+    public private(set) var communication = CommunicationStats()
 
     public init(chunkSize: Int, threads: Int = 1, collective: Collective = SingleProcess()) {
         precondition(chunkSize > 0 && threads > 0)
@@ -50,6 +51,8 @@ public final class ChunkedReduction {
     func checkConsistency(_ m: ContinualModel, _ segments: [(offset: Int, count: Int, decay: Bool)]) throws {
         defer { stepsSeen += 1 }
         guard collective.size > 1, consistencyCheckEvery > 0, stepsSeen % consistencyCheckEvery == 0 else { return }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { communication.gradientSeconds += Self.seconds(since: t0) }
         var h = FNV1a()
         let v = m.store.values.base
         for s in segments { h.add(UnsafeRawBufferPointer(start: v + s.offset, count: s.count * MemoryLayout<Float>.size)) }
@@ -105,18 +108,20 @@ public final class ChunkedReduction {
         // caller that skips a failed step, like a gate refit, would desynchronise the ranks): the
         // ranks agree first, and every rank throws `JobError.rankFailed` (one process: the error)
         let failure = (0..<T).lazy.compactMap({ failures[$0] }).first
+        let t0 = DispatchTime.now().uptimeNanoseconds
         try collective.agree { if let failure { throw failure } }
         // every rank's chunks, in chunk order
         let counts = (0..<size).map { block(ofRank: $0, chunkCount: n).count * stride }
         if gathered.count < n * stride { gathered = [Float](repeating: 0, count: n * stride) }
-        let t0 = DispatchTime.now().uptimeNanoseconds
         try packed.withUnsafeBufferPointer { send in
             try gathered.withUnsafeMutableBufferPointer { recv in
                 try collective.allGather(UnsafeBufferPointer(rebasing: send[0..<(mine.count * stride)]),
                                          into: UnsafeMutableBufferPointer(rebasing: recv[0..<(n * stride)]), counts: counts)
             }
         }
-        communicationSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        communication.gradientSeconds += Self.seconds(since: t0)
+        communication.gradientSteps += 1
+        communication.gradientBytes += n * stride * MemoryLayout<Float>.size
         var parts = LossParts()
         let grads = m.store.grads.base
         gathered.withUnsafeBufferPointer { gb in
@@ -136,4 +141,6 @@ public final class ChunkedReduction {
         }
         return parts
     }
+
+    static func seconds(since t0: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
 }

@@ -34,8 +34,8 @@ public final class ShardedInference {
     private var counts = Tally()
     private let lock = NSLock()
     private func record(_ change: (inout Tally) -> Void) { lock.lock(); change(&counts); lock.unlock() }
-    /// Seconds spent gathering outputs (communication).
-    public private(set) var communicationSeconds = 0.0
+    /// What the maps' gathers moved and how long they took (the inference half; 0 in one process).
+    public private(set) var communication = CommunicationStats()
 
     /// Test hook (`DR_CRASH_AT=evalfail:N`, `CrashInjection`): called with this process's running
     /// count of computed chunks before each one; a throw is that chunk's failure.
@@ -96,10 +96,12 @@ public final class ShardedInference {
         if let failure { words = []; Self.pack(Array(failure.utf8), into: &words) }
         // round 1: every rank's word count, its top bit set for a failure message
         let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { communicationSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
+        defer { communication.inferenceSeconds += ChunkedReduction.seconds(since: t0) }
         let failedBit: UInt64 = 1 << 63
         let heads = try collective.allGather(UInt64(words.count) | (failure == nil ? 0 : failedBit))
         let counts = heads.map { Int($0 & ~failedBit) }
+        communication.inferencePasses += 1
+        communication.inferenceBytes += (counts.reduce(0, +) + size * 2) * MemoryLayout<UInt32>.size
         // round 2: the words themselves (as floats: the collective moves their bits untouched)
         var all = [UInt32](repeating: 0, count: counts.reduce(0, +))
         try words.withUnsafeBufferPointer { send in

@@ -35,6 +35,9 @@ public struct RunResult: Codable, Sendable {
     public var multiIntent: [MultiIntentScore]?
     /// Wall seconds by phase (sequential runs; nil in results written before they were recorded).
     public var timing: PhaseTimes?
+    /// What the run's collectives moved and their seconds, split into training steps and
+    /// inference (data-parallel runs only: chunked or over ranks).
+    public var communication: CommunicationStats?
     /// The router's choices after the last domain: [true domain][chosen domain] counts of the eval
     /// examples, indexed like `domains` (nil: no router, or results written before it was recorded).
     public var routerConfusion: [[Int]]?

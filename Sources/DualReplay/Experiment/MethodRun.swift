@@ -41,7 +41,7 @@ struct MethodRun {
         var probeAtLearning: [Double] = []
         var times = PhaseTimes()
         // gathering across ranks during this run (the inference collective may outlive the run)
-        let communicated = { (m.chunking?.communicationSeconds ?? 0) + m.inference.communicationSeconds }
+        let communicated = { (m.chunking?.communication ?? CommunicationStats()) + m.inference.communication }
         let communicatedBefore = communicated()
         var refits: [[GateRefit.Outcome]] = []
         for (k, d) in order.domains.enumerated() {
@@ -96,8 +96,10 @@ struct MethodRun {
             result.latencyP99ms = lat.p99
         }
         times.evaluation += Date().timeIntervalSince(t3)
-        times.communication = communicated() - communicatedBefore
+        let moved = communicated() - communicatedBefore
+        times.communication = moved.seconds
         result.timing = times
+        if m.chunking != nil || m.inference.collective.size > 1 { result.communication = moved }
         if m.prototypeFloats > 0 { result.prototypeFloats = m.prototypeFloats }
         return result
     }
