@@ -9,8 +9,8 @@ config (bench/experiments/bench-mpi-reduced.json: the reduced bench-job with gra
 Per layout: wall time, phases (runs[0].timing, with `communication`: the seconds the ranks spent
 gathering chunk gradients and sharded inference outputs, part of the phases it happens in), F1,
 peak RSS of the launcher's children (for mpirun: the largest rank); then per training step (from
-runs[0].communication): the step's wall time, its communication and the bytes each rank received. The R matrices of every layout
-must be identical (the reduction is in chunk order whatever the layout): the script says whether
+runs[0].communication): the step's wall time, its communication and the bytes each rank received.
+The R matrices of every layout must be identical (the reduction is in chunk order whatever the layout): the script says whether
 they are. Writes <out>/mpi.json with the sitting (CPU, boot id, load).
 """
 import argparse

@@ -51,8 +51,8 @@ public final class ChunkedReduction {
     func checkConsistency(_ m: ContinualModel, _ segments: [(offset: Int, count: Int, decay: Bool)]) throws {
         defer { stepsSeen += 1 }
         guard collective.size > 1, consistencyCheckEvery > 0, stepsSeen % consistencyCheckEvery == 0 else { return }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { communication.gradientSeconds += Self.seconds(since: t0) }
+        let t0 = WallClock.now()
+        defer { communication.gradientSeconds += WallClock.seconds(since: t0) }
         var h = FNV1a()
         let v = m.store.values.base
         for s in segments { h.add(UnsafeRawBufferPointer(start: v + s.offset, count: s.count * MemoryLayout<Float>.size)) }
@@ -108,7 +108,7 @@ public final class ChunkedReduction {
         // caller that skips a failed step, like a gate refit, would desynchronise the ranks): the
         // ranks agree first, and every rank throws `JobError.rankFailed` (one process: the error)
         let failure = (0..<T).lazy.compactMap({ failures[$0] }).first
-        let t0 = DispatchTime.now().uptimeNanoseconds
+        let t0 = WallClock.now()
         try collective.agree { if let failure { throw failure } }
         // every rank's chunks, in chunk order
         let counts = (0..<size).map { block(ofRank: $0, chunkCount: n).count * stride }
@@ -119,7 +119,7 @@ public final class ChunkedReduction {
                                          into: UnsafeMutableBufferPointer(rebasing: recv[0..<(n * stride)]), counts: counts)
             }
         }
-        communication.gradientSeconds += Self.seconds(since: t0)
+        communication.gradientSeconds += WallClock.seconds(since: t0)
         communication.gradientSteps += 1
         communication.gradientBytes += n * stride * MemoryLayout<Float>.size
         var parts = LossParts()
@@ -141,6 +141,4 @@ public final class ChunkedReduction {
         }
         return parts
     }
-
-    static func seconds(since t0: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
 }

@@ -25,16 +25,16 @@ public struct CommunicationStats: Codable, Equatable, Sendable {
 
     public var seconds: Double { gradientSeconds + inferenceSeconds }
 
-    public static func + (a: Self, b: Self) -> Self {
+    private static let counts: [WritableKeyPath<Self, Int>] = [\.gradientSteps, \.gradientBytes, \.inferencePasses, \.inferenceBytes]
+    private static let durations: [WritableKeyPath<Self, Double>] = [\.gradientSeconds, \.inferenceSeconds]
+
+    /// Field by field: a + b, or a − b for `sign` −1 (what moved between two readings).
+    private static func combine(_ a: Self, _ b: Self, sign: Int) -> Self {
         var r = a
-        r.gradientSteps += b.gradientSteps; r.gradientSeconds += b.gradientSeconds; r.gradientBytes += b.gradientBytes
-        r.inferencePasses += b.inferencePasses; r.inferenceSeconds += b.inferenceSeconds; r.inferenceBytes += b.inferenceBytes
+        for k in counts { r[keyPath: k] += sign * b[keyPath: k] }
+        for k in durations { r[keyPath: k] += Double(sign) * b[keyPath: k] }
         return r
     }
-    public static func - (a: Self, b: Self) -> Self {
-        var r = a
-        r.gradientSteps -= b.gradientSteps; r.gradientSeconds -= b.gradientSeconds; r.gradientBytes -= b.gradientBytes
-        r.inferencePasses -= b.inferencePasses; r.inferenceSeconds -= b.inferenceSeconds; r.inferenceBytes -= b.inferenceBytes
-        return r
-    }
+    public static func + (a: Self, b: Self) -> Self { combine(a, b, sign: 1) }
+    public static func - (a: Self, b: Self) -> Self { combine(a, b, sign: -1) }
 }

@@ -95,15 +95,15 @@ public final class ShardedInference {
         }
         if let failure { words = []; Self.pack(Array(failure.utf8), into: &words) }
         // round 1: every rank's word count, its top bit set for a failure message
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { communication.inferenceSeconds += ChunkedReduction.seconds(since: t0) }
+        let t0 = WallClock.now()
+        defer { communication.inferenceSeconds += WallClock.seconds(since: t0) }
         let failedBit: UInt64 = 1 << 63
         let heads = try collective.allGather(UInt64(words.count) | (failure == nil ? 0 : failedBit))
-        let counts = heads.map { Int($0 & ~failedBit) }
+        let counts = heads.map { Int($0 & ~failedBit) }, total = counts.reduce(0, +)
         communication.inferencePasses += 1
-        communication.inferenceBytes += (counts.reduce(0, +) + size * 2) * MemoryLayout<UInt32>.size
+        communication.inferenceBytes += heads.count * MemoryLayout<UInt64>.size + total * MemoryLayout<UInt32>.size
         // round 2: the words themselves (as floats: the collective moves their bits untouched)
-        var all = [UInt32](repeating: 0, count: counts.reduce(0, +))
+        var all = [UInt32](repeating: 0, count: total)
         try words.withUnsafeBufferPointer { send in
             try all.withUnsafeMutableBufferPointer { recv in
                 try send.withMemoryRebound(to: Float.self) { s in

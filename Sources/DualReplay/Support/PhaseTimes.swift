@@ -36,8 +36,8 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
 
     /// Runs `body`, adding its wall time to `phase`.
     public mutating func time<T>(_ phase: WritableKeyPath<PhaseTimes, Double>, _ body: () throws -> T) rethrows -> T {
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { self[keyPath: phase] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
+        let t0 = WallClock.now()
+        defer { self[keyPath: phase] += WallClock.seconds(since: t0) }
         return try body()
     }
 
@@ -67,4 +67,10 @@ public struct PhaseTimes: Codable, Equatable, Sendable {
         for p in Self.phases { self[keyPath: p.key] = try c.decode(Double.self, forKey: Key(p.name)) }
         communication = try c.decodeIfPresent(Double.self, forKey: Key("communication")) ?? 0
     }
+}
+
+/// The monotonic clock the phase and communication timers read.
+enum WallClock {
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+    static func seconds(since t0: UInt64) -> Double { Double(now() - t0) / 1e9 }
 }
