@@ -269,7 +269,7 @@ import Testing
     /// Three domains with 75 validation and 90 test rows each (canonical chunks of 64: two per
     /// domain), chunked gradients, logit replay, head realignment and prototype routing, on the
     /// tiny random encoder; every sharded pass runs over `collective`'s ranks.
-    static func shardedRun(_ collective: Collective) throws -> ShardedRun {
+    static func shardedRun(_ collective: Collective, inferenceThreads: Int = 1) throws -> ShardedRun {
         let enc = try StateTests.encoder()
         var cfg = StateTests.config()
         cfg.training?.gradientChunk = 2
@@ -281,6 +281,7 @@ import Testing
         trainer.inference = ShardedInference(collective: collective)
         let scenario = try Scenario(domains: [("a", 0), ("b", 6), ("c", 12)].map { StateTests.domain($0, base: $1, val: 25, test: 30) })
         let st = try trainer.makeLearner(seed: 3, byteBudget: 6000, generalTexts: StateTests.general)
+        st.model.inferenceThreads = inferenceThreads
         #expect(st.model.inference === trainer.inference && st.model.chunking?.collective === collective)
         var run = ShardedRun()
         let bits = { (x: [Double]) in x.map(\.bitPattern) }

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Inference over the ranks of a data-parallel job: evaluation rows, validation scores, intent
@@ -62,10 +63,26 @@ public final class ShardedInference {
 
     private var inMap = false
 
+    /// How a one-process share of a map may run on several threads: `threads` workers, and
+    /// `bind(t, run)`, which runs `run` with worker t's own buffers (the model's worker pass
+    /// contexts, `ContinualModel.inferenceWorkers`). nil: the chunks run in order on the calling
+    /// thread, as they always did.
+    public struct Workers {
+        public var threads: Int
+        public var bind: (Int, () -> Void) -> Void
+        public init(threads: Int, bind: @escaping (Int, () -> Void) -> Void) { self.threads = threads; self.bind = bind }
+    }
+
     /// `body(i)` for every chunk i in 0..<count (on rank `owner(ofChunk: i, key: key)`), on every
     /// rank, in chunk order. `rows(i)`: chunk i's utterances, for the tally. `T` is a plain value
     /// type (Int32, Float): outputs are gathered as their bytes.
-    public func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, key: UInt64 = 0, _ body: (Int) throws -> [T]) throws -> [[T]] {
+    ///
+    /// With `workers` of two or more threads, this rank's chunks run on them at once, each
+    /// chunk's BLAS single-threaded, and come back in chunk order. A chunk's output does not
+    /// depend on which thread ran it or beside which other chunk (each runs alone in its own
+    /// buffers); `DataParallelTests.parallelInferenceChunksAreTheInOrderRun` checks it against the chunks run in order.
+    public func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, key: UInt64 = 0, workers: Workers? = nil,
+                                        _ body: (Int) throws -> [T]) throws -> [[T]] {
         let size = collective.size, rank = collective.rank
         guard count > 0 else { return [] }
         let utterances = (0..<count).reduce(0) { $0 + rows($1) }
@@ -76,22 +93,24 @@ public final class ShardedInference {
             record { $0.chunks += 1; $0.rows += rows(i) }
             return out
         }
-        if size == 1 { return try (0..<count).map(compute) }
+        let mine = size == 1 ? Array(0..<count) : (0..<count).filter { owner(ofChunk: $0, key: key) == rank }
+        if size == 1 && (workers?.threads ?? 1) < 2 { return try mine.map(compute) }
         // (ranks call collectives from one thread; one process may nest maps harmlessly)
-        precondition(!inMap, "ShardedInference.map: a chunk's body must not start another map (it would be a collective inside a chunk)")
+        precondition(size == 1 || !inMap, "ShardedInference.map: a chunk's body must not start another map (it would be a collective inside a chunk)")
         inMap = true
         defer { inMap = false }
 
-        // this rank's chunks, packed as words: per chunk its element count, then its bytes
+        // this rank's chunks: in order until the first failure, or on the workers
+        let results = try Self.run(mine.count, workers: workers) { try compute(mine[$0]) }
+        if size == 1 { return try results.map { try $0.get() } }
+        // packed as words: per chunk its element count, then its bytes
         var words: [UInt32] = [], failure: String?
-        for i in 0..<count where owner(ofChunk: i, key: key) == rank {
-            do {
-                let out = try compute(i)
-                Self.pack(out, into: &words)
-            } catch {
-                failure = SingleProcess.message(of: error)
-                break
+        for r in results {
+            switch r {
+            case .success(let out): Self.pack(out, into: &words)
+            case .failure(let error): failure = SingleProcess.message(of: error)
             }
+            if failure != nil { break }
         }
         if let failure { words = []; Self.pack(Array(failure.utf8), into: &words) }
         // round 1: every rank's word count, its top bit set for a failure message
@@ -122,6 +141,44 @@ public final class ShardedInference {
         return (0..<count).map { i in Self.unpack(all, at: &cursors[owner(ofChunk: i, key: key)]) }
     }
 
+    /// `job(0..<n)`: in order on this thread, stopping at the first failure (the results end
+    /// there), or with `workers` of two or more threads on them, each taking the next unclaimed
+    /// index, BLAS single-threaded meanwhile; every index then has its result.
+    static func run<T>(_ n: Int, workers: Workers?, _ job: (Int) throws -> T) throws -> [Result<T, Error>] {
+        let T = min(workers?.threads ?? 1, n)
+        guard T >= 2, let workers else {
+            var out: [Result<T, Error>] = []
+            for i in 0..<n {
+                out.append(Result { try job(i) })
+                if case .failure = out.last! { break }
+            }
+            return out
+        }
+        let slots = UnsafeMutablePointer<Result<T, Error>?>.allocate(capacity: n)
+        slots.initialize(repeating: nil, count: n)
+        defer { slots.deinitialize(count: n); slots.deallocate() }
+        let claim = NSLock()
+        var next = 0
+        let blasThreads = Int(dr_blas_get_threads())
+        if blasThreads != 1 { dr_blas_set_threads(1) }
+        defer { if blasThreads != 1 { dr_blas_set_threads(Int32(blasThreads)) } }
+        withoutActuallyEscaping(job) { job in
+            DispatchQueue.concurrentPerform(iterations: T) { t in
+                workers.bind(t) {
+                    while true {
+                        claim.lock()
+                        let i = next
+                        next += 1
+                        claim.unlock()
+                        guard i < n else { return }
+                        slots[i] = Result { try job(i) }
+                    }
+                }
+            }
+        }
+        return (0..<n).map { slots[$0]! }
+    }
+
     /// Every rank's tally, in rank order (a collective call).
     public func gatherTallies() throws -> [Tally] {
         let own = tally
@@ -132,9 +189,9 @@ public final class ShardedInference {
     }
 
     /// `map` over slices of `sequences` cut into canonical chunks (`inferenceChunk` rows).
-    public func map<T: BitwiseCopyable>(chunksOf sequences: [[Int32]], _ body: ([[Int32]]) throws -> [T]) throws -> [[T]] {
+    public func map<T: BitwiseCopyable>(chunksOf sequences: [[Int32]], workers: Workers? = nil, _ body: ([[Int32]]) throws -> [T]) throws -> [[T]] {
         let parts = sequences.chunks()
-        return try map(parts.count, rows: { parts[$0].count }, key: key(of: parts.first.map(Array.init))) { try body(Array(parts[$0])) }
+        return try map(parts.count, rows: { parts[$0].count }, key: key(of: parts.first.map(Array.init)), workers: workers) { try body(Array(parts[$0])) }
     }
 
     static func pack<T: BitwiseCopyable>(_ values: [T], into words: inout [UInt32]) {

@@ -55,7 +55,7 @@ public final class Evaluator {
     /// Macro-F1 of domain `j` with its own gate and head (the forgetting signal on validation rows).
     /// Sharded over the ranks (a collective call), as every pass over many rows below.
     public func oracleF1(domain j: Int, examples: [IntentExample]) throws -> Double {
-        let pred = try model.inference.map(chunksOf: tokens.ids(examples.map(\.text))) { oracle($0, domain: j).classes }
+        let pred = try model.map(chunksOf: tokens.ids(examples.map(\.text))) { oracle($0, domain: j).classes }
         return macroF1(predictions: Array(pred.joined()), labels: labels(examples, domain: j), classes: model.domains[j].classRange.map(Int32.init))
     }
 
@@ -71,7 +71,7 @@ public final class Evaluator {
             for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, s, Array(part))) }
         }
         // per chunk of B rows: oracle classes, routed classes, routed domains (3·B)
-        let out = try model.inference.map(parts.count, rows: { parts[$0].seqs.count }, key: model.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
+        let out = try model.map(parts.count, rows: { parts[$0].seqs.count }, key: model.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
             let (j, _, seqs) = parts[i]
             let (logits, classes) = oracle(seqs, domain: j)
             let routed = predictor.predictChunk(seqs, features: .cached, known: .init(gate: j, logits: logits))
@@ -139,7 +139,7 @@ public final class Evaluator {
         -> (domains: [Int], classes: [Int], probabilities: [[Double]?]) {
         let r = model.domains[j].classRange, V = model.classCount, nj = r.count
         // per chunk of B rows: routed domains, classes, then B·nj probabilities (NaN when routed elsewhere)
-        let out = try model.inference.map(chunksOf: tokens.ids(rows.map(\.text))) { seqs -> [Double] in
+        let out = try model.map(chunksOf: tokens.ids(rows.map(\.text))) { seqs -> [Double] in
             let o = predictor.predictChunk(seqs, features: .cached)
             var chunk = o.domains.map(Double.init) + o.classes.map(Double.init)
             for b in 0..<o.domains.count {

@@ -275,7 +275,8 @@ public final class ExperimentRunner {
 
     public func makeProtocol() -> ExperimentProtocol {
         var c = config
-        c.parallel = nil  // how ranks share the work never changes results
+        c.parallel = nil  // how ranks and threads share the work never changes results
+        c.training?.parallelInference = nil
         var p = ExperimentProtocol(config: c, dataFingerprint: scenario.contentFingerprint, domainNames: scenario.domainNames,
                                    byteBudget: byteBudget, codeVersion: codeVersion, modelFingerprint: encoder.weights.fingerprint(),
                                    threads: Int(dr_blas_get_threads()), hash: "")

@@ -23,6 +23,13 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
     /// MiB for the frozen prefixes of recurring evaluation and validation chunks (`PrefixCache`:
     /// exact, bit-identical logits); 0 = off. Only adapters above layer 0 leave a prefix to cache.
     public var prefixCacheMB: Int = ConfigDefaults.prefixCacheMB
+    /// Inference chunks (evaluation, validation, router features, prototypes, stored logits) on
+    /// the run's threads at once, each on single-threaded BLAS (true), or one after the other
+    /// with BLAS's own threads (false, the default when nil: on the machine it was measured on,
+    /// docs/RESULTS.md, it was no faster and took 280 MiB more). The numbers are the same either way
+    /// (`DataParallelTests.parallelInferenceChunksAreTheInOrderRun`), so it is not part of the
+    /// protocol hash: a speed choice only.
+    public var parallelInference: Bool?
     public init() {}
 
     /// Bounds of every field, named `training.<field>`.
@@ -55,7 +62,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
 
 extension TrainingDefaults {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB
+        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB, parallelInference
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
@@ -71,6 +78,7 @@ extension TrainingDefaults {
         routerTraining = try c.decodeIfPresent(RouterConfig.self, forKey: .routerTraining) ?? d.routerTraining
         gradientChunk = try c.decodeIfPresent(Int.self, forKey: .gradientChunk) ?? d.gradientChunk
         prefixCacheMB = try c.decodeIfPresent(Int.self, forKey: .prefixCacheMB) ?? d.prefixCacheMB
+        parallelInference = try c.decodeIfPresent(Bool.self, forKey: .parallelInference)
     }
 }
 

@@ -21,8 +21,12 @@ public final class DomainRouter {
     /// together earlier in the process, or a resumed run (empty cache) would differ in the last
     /// bits from an uninterrupted one.
     public func features(_ sequences: [[Int32]]) -> [[Float]] {
-        for s in sequences where featureCache[s] == nil { featureCache[s] = model.routerFeatures(PackedBatch([s])) }
-        return sequences.map { featureCache[$0]! }
+        sequences.map { s in
+            if let f = cacheLock.withLock({ featureCache[s] }) { return f }
+            let f = model.routerFeatures(PackedBatch([s]))
+            cacheLock.withLock { featureCache[s] = f }
+            return f
+        }
     }
 
     /// Router features (B·C, flat) of one canonical chunk that is routed again and again
@@ -30,12 +34,14 @@ public final class DomainRouter {
     /// cached by the whole chunk: the same chunk always gets the same bits, however the run got
     /// there (a resumed run recomputes the identical chunk).
     public func chunkFeatures(_ batch: PackedBatch) -> [Float] {
-        if let f = chunkCache[batch] { return f }
+        if let f = cacheLock.withLock({ chunkCache[batch] }) { return f }
         let f = model.routerFeatures(batch)
-        chunkCache[batch] = f
+        cacheLock.withLock { chunkCache[batch] = f }
         return f
     }
     private var chunkCache: [PackedBatch: [Float]] = [:]
+    /// The two caches are read and filled by the chunks of a parallel inference map at once.
+    private let cacheLock = NSLock()
 
     /// The router feature of one training example: its domain and its token ids.
     public struct FeatureKey: Hashable, Sendable {
@@ -86,7 +92,7 @@ public final class DomainRouter {
     /// Router features (B·C, flat) of sequences, `inferenceChunk` at a time, not cached (sharded
     /// over the ranks: a collective call).
     func uncachedFeatures(_ sequences: [[Int32]]) throws -> [Float] {
-        Array(try model.inference.map(chunksOf: sequences) { model.routerFeatures(PackedBatch($0)) }.joined())
+        Array(try model.map(chunksOf: sequences) { model.routerFeatures(PackedBatch($0)) }.joined())
     }
 
     /// Probabilities over seen domains (B,K) for feature rows (B,C): the MLP's softmax, or with

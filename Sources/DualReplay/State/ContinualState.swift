@@ -124,9 +124,12 @@ public final class ContinualState {
         let scenario = try makeScenario(mf, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
         let m = ContinualModel(base: encoder.weights, spec: mf.settings.spec, seed: 0)
         // chunked gradients as `DomainTrainer.makeModel` sets them for a new state
-        let chunk = (mf.config.training ?? TrainingDefaults()).gradientChunk
-        if chunk > 0 { m.chunking = ChunkedReduction(chunkSize: chunk, threads: Parallelism.threads, collective: Parallelism.collective) }
+        let training = mf.config.training ?? TrainingDefaults()
+        if training.gradientChunk > 0 {
+            m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: Parallelism.collective)
+        }
         m.inference = Parallelism.inference
+        if training.parallelInference ?? false { m.inferenceThreads = Parallelism.threads }
         for d in scenario.domains { m.addDomain(name: d.name, intents: d.intents) }
         // the layout must match the saved one exactly: names, shapes, offsets
         let store = m.store

@@ -99,7 +99,10 @@ public final class ContinualModel {
     /// contexts of data-parallel chunks (`ChunkedReduction`), created on demand.
     let main: PassContext
     var workers: [PassContext] = []
-    var workspace: EncoderWorkspace { main.workspace }
+    /// The context of the calling thread's passes: a worker's inside a chunk of a parallel
+    /// inference map (`inferenceWorkers`), the main one everywhere else.
+    var current: PassContext { PassContext.bound(to: self) ?? main }
+    var workspace: EncoderWorkspace { current.workspace }
 
     public init(base: BertWeights, spec: ModelSpec, seed: UInt64) {
         self.base = base
@@ -298,8 +301,8 @@ public final class ContinualModel {
 
     // MARK: - forward
 
-    var pooledBuf: [Float] { main.pooledBuf }
-    var logitsBuf: [Float] { main.logitsBuf }
+    var pooledBuf: [Float] { current.pooledBuf }
+    var logitsBuf: [Float] { current.logitsBuf }
 
     /// Runs the encoder on `batch` with hard gates `gateIds` (one per sequence) and computes
     /// pooled outputs (B,C) and logits over all seen classes (B,V) into the context's buffers.
@@ -308,7 +311,7 @@ public final class ContinualModel {
     /// frozen prefix comes from, or goes to, `prefixCache`.
     func forward(_ batch: PackedBatch, gateIds: [Int32], fromLayer: Int = 0, upToLayer: Int? = nil, in ctx: PassContext? = nil,
                  reusePrefix: Bool = false) {
-        let ctx = ctx ?? main
+        let ctx = ctx ?? current
         let workspace = ctx.workspace
         let B = batch.count, N = batch.tokenCount, C = config.hidden
         var cfg = config.kernelConfig
@@ -334,9 +337,10 @@ public final class ContinualModel {
                 if fs > ctx.fwdScratch.count { ctx.fwdScratch = FloatArena(count: Int(fs)) }
                 var runCfg = cfg
                 if let up = upToLayer { runCfg.n_layers = Int64(up) }
+                var bp = baseParams  // a copy: passes on several threads read it at once
                 batch.tokenIds.withUnsafeBufferPointer { ids in
                     batch.cuSeqlens.withUnsafeBufferPointer { cu in
-                        dr_bert_forward(&workspace.acts, &ctx.xacts, ctx.fwdScratch.base, &baseParams, ext, &runCfg, ids.baseAddress, nil,
+                        dr_bert_forward(&workspace.acts, &ctx.xacts, ctx.fwdScratch.base, &bp, ext, &runCfg, ids.baseAddress, nil,
                                         cu.baseAddress, Int64(B), Int64(fromLayer))
                     }
                 }
@@ -422,6 +426,26 @@ public final class ContinualModel {
     /// prototypes' features, stored logits): one process, or sharded over the ranks of a
     /// data-parallel job (`ShardedInference`). The sharded functions are collective calls.
     public var inference = ShardedInference()
+    /// Threads a one-process inference map runs its chunks on (1: in order on the calling
+    /// thread, BLAS with its own threads); `training.parallelInference` sets it to the compute threads.
+    public var inferenceThreads = 1
+
+    /// The workers of this model's inference maps: worker t runs its chunks in worker context
+    /// t's buffers. nil at one thread, and inside a worker (a map nested in a chunk runs in order).
+    var inferenceWorkers: ShardedInference.Workers? {
+        guard inferenceThreads > 1, PassContext.bound(to: self) == nil else { return nil }
+        ensureWorkers(inferenceThreads)
+        let contexts = workers
+        return .init(threads: inferenceThreads) { [unowned self] t, run in contexts[t].bind(to: self, run) }
+    }
+
+    /// `ShardedInference.map` with this model's workers.
+    func map<T: BitwiseCopyable>(_ count: Int, rows: (Int) -> Int, key: UInt64, _ body: (Int) throws -> [T]) throws -> [[T]] {
+        try inference.map(count, rows: rows, key: key, workers: inferenceWorkers, body)
+    }
+    func map<T: BitwiseCopyable>(chunksOf sequences: [[Int32]], _ body: ([[Int32]]) throws -> [T]) throws -> [[T]] {
+        try inference.map(chunksOf: sequences, workers: inferenceWorkers, body)
+    }
 
     // MARK: - inference
 
@@ -452,7 +476,7 @@ extension ContinualModel {
     /// Pooled outputs (B·C, flat) of sequences all under gate `gate`, `inferenceChunk` at a time
     /// (sharded over the ranks: a collective call).
     public func pooled(_ sequences: [[Int32]], gate: Int) throws -> [Float] {
-        let parts = try inference.map(chunksOf: sequences) { pooled($0, gateIds: [Int32](repeating: Int32(gate), count: $0.count)) }
+        let parts = try map(chunksOf: sequences) { pooled($0, gateIds: [Int32](repeating: Int32(gate), count: $0.count)) }
         return Array(parts.joined())
     }
 
@@ -460,7 +484,7 @@ extension ContinualModel {
     /// what the buffers store for logit replay (sharded over the ranks: a collective call).
     public func domainLogits(_ sequences: [[Int32]], domain k: Int) throws -> [[Float]] {
         let r = domains[k].classRange, V = classCount
-        let parts = try inference.map(chunksOf: sequences) { part -> [Float] in
+        let parts = try map(chunksOf: sequences) { part -> [Float] in
             let lg = logits(part, gateIds: [Int32](repeating: Int32(k), count: part.count))
             return (0..<part.count).flatMap { b in lg[(b * V + r.lowerBound)..<(b * V + r.upperBound)] }
         }

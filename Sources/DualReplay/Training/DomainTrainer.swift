@@ -35,6 +35,7 @@ public final class DomainTrainer {
             m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: inference.collective)
         }
         m.inference = inference
+        if training.parallelInference ?? false { m.inferenceThreads = Parallelism.threads }
         if training.prefixCacheMB > 0 && m.gateFreePrefix >= 1 { m.prefixCache = PrefixCache(byteBudget: training.prefixCacheMB << 20) }
         return m
     }

@@ -47,4 +47,26 @@ final class PassContext {
 
     /// This context's gradient of a store tensor.
     func grad(_ store: ParameterStore, _ name: String) -> UnsafeMutablePointer<Float> { gradBase(store) + store.tensor(name).offset }
+
+    /// Runs `body` with this context as `model`'s context on the calling thread
+    /// (`ContinualModel.current`), then unbinds it.
+    func bind(to model: ContinualModel, _ body: () -> Void) {
+        let d = Thread.current.threadDictionary
+        let saved = d[Self.bindingKey]
+        d[Self.bindingKey] = Binding(model: ObjectIdentifier(model), context: self)
+        defer { d[Self.bindingKey] = saved }
+        body()
+    }
+
+    /// The context bound to `model` on the calling thread, if any.
+    static func bound(to model: ContinualModel) -> PassContext? {
+        guard let b = Thread.current.threadDictionary[bindingKey] as? Binding, b.model == ObjectIdentifier(model) else { return nil }
+        return b.context
+    }
+
+    private static let bindingKey = "DualReplay.PassContext.binding"
+    private final class Binding {
+        let model: ObjectIdentifier, context: PassContext
+        init(model: ObjectIdentifier, context: PassContext) { self.model = model; self.context = context }
+    }
 }

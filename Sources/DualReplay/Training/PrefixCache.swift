@@ -13,12 +13,16 @@ public final class PrefixCache {
     public private(set) var bytes = 0
     public private(set) var hits = 0, misses = 0
     private var entries: [PackedBatch: [Float]] = [:]
+    /// The chunks of a parallel inference map look up and store at once.
+    private let lock = NSLock()
 
     public init(byteBudget: Int) { self.byteBudget = byteBudget }
 
-    public var count: Int { entries.count }
+    public var count: Int { lock.withLock { entries.count } }
 
     func lookup(_ batch: PackedBatch) -> [Float]? {
+        lock.lock()
+        defer { lock.unlock() }
         if let h = entries[batch] { hits += 1; return h }
         misses += 1
         return nil
@@ -27,6 +31,8 @@ public final class PrefixCache {
     /// Keeps `hidden` (N·C floats) for `batch` if the budget allows.
     func store(_ batch: PackedBatch, hidden: UnsafeBufferPointer<Float>) {
         let add = hidden.count * 4 + batch.tokenCount * 4 + batch.count * 8
+        lock.lock()
+        defer { lock.unlock() }
         guard entries[batch] == nil, bytes + add <= byteBudget else { return }
         entries[batch] = Array(hidden)
         bytes += add

@@ -29,7 +29,7 @@ extension DomainTrainer {
             for part in tokens.ids(rows.map(\.text)).chunks() { parts.append((j, Array(part))) }
         }
         // per chunk: its oracle classes, or the number of its rows routed to their own domain
-        let out = try m.inference.map(parts.count, rows: { parts[$0].seqs.count }, key: m.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
+        let out = try m.map(parts.count, rows: { parts[$0].seqs.count }, key: m.inference.key(of: parts.first?.seqs)) { i -> [Int32] in
             let (j, seqs) = parts[i]
             return byOracle[j] ? oracle.oracle(seqs, domain: j).classes : [Int32(routedHits(st, domain: j, seqs, among: k))]
         }
