@@ -26,7 +26,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
     /// Inference chunks (evaluation, validation, router features, prototypes, stored logits) on
     /// the run's threads at once, each on single-threaded BLAS (true), or one after the other
     /// with BLAS's own threads (false, the default when nil: on the machine it was measured on,
-    /// docs/RESULTS.md, it was no faster and took 280 MiB more). The numbers are the same either way
+    /// docs/RESULTS.md, it was no faster and took 270 MiB more). The numbers are the same either way
     /// (`DataParallelTests.parallelInferenceChunksAreTheInOrderRun`), so it is not part of the
     /// protocol hash: a speed choice only.
     public var parallelInference: Bool?
