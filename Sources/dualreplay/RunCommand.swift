@@ -28,6 +28,9 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Reuse the runs finished by an interrupted run of the same protocol (<out>/partial.json).")
     var resume = false
 
+    @Flag(help: "Summarise the finished runs of <out>/partial.json (summaries and paired tests so far) into <out>/interim/ without running anything; the partial file may come from another build of the same config.")
+    var interim = false
+
     @Option(help: "Under MPI (mpirun -np N): data (every run on all ranks) or grid (the runs spread over the ranks); overrides the config. docs/CLUSTER.md")
     var parallel: ParallelMode?
 
@@ -38,7 +41,7 @@ struct RunCommand: ParsableCommand {
     func run() throws {
         let job = try Cluster.collective()
         let cfg = try job.agree { try ExperimentConfig.load(URL(fileURLWithPath: config)) }
-        try runExperiment(cfg, out: out, threads: threads, model: model, resume: resume, parallel: parallel)
+        try runExperiment(cfg, out: out, threads: threads, model: model, resume: resume, parallel: parallel, interim: interim)
     }
 }
 
@@ -48,7 +51,7 @@ extension ParallelMode: ExpressibleByArgument {}
 /// every rank loads and runs its part; rank 0 alone reads the partial results (and sends them to
 /// the others), prints progress and writes files.
 func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model: String?, resume: Bool = false,
-                   parallel: ParallelMode? = nil) throws {
+                   parallel: ParallelMode? = nil, interim: Bool = false) throws {
     let job = try Cluster.collective()
     let lead = job.rank == 0
     var cfg = cfgIn
@@ -91,7 +94,7 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     let saved: [UInt8] = try job.agree {
         guard lead else { return [] }
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        guard resume, FileManager.default.fileExists(atPath: partialURL.path) else { return [] }
+        guard resume || interim, FileManager.default.fileExists(atPath: partialURL.path) else { return [] }
         do { return Array(try Data(contentsOf: partialURL)) } catch {
             throw RunnerError.data("\(partialURL.path): cannot reuse: \(error.localizedDescription); delete it to start over")
         }
@@ -103,13 +106,27 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
                 let p = try JSONDecoder().decode(PartialResults.self, from: Data(partialBytes))
                 guard p.schema == PartialResults.schema else { throw RunnerError.data("schema \(p.schema)") }
                 runner.resumeFrom = p
-                if lead, p.protocolHash != runner.makeProtocol().hash {
+                if lead, !interim, p.protocolHash != runner.makeProtocol().hash {
                     printError("dualreplay: \(partialURL.path) belongs to another protocol (\(p.protocolHash)): starting over")
                 }
             } catch {
                 throw RunnerError.data("\(partialURL.path): cannot reuse: \(error.localizedDescription); delete it to start over")
             }
         }
+    }
+    if interim {
+        guard lead else { return }
+        guard let p = runner.resumeFrom else { throw RunnerError.data("\(partialURL.path): no finished runs to summarise") }
+        var results = try runner.interim(p)
+        results.baseModel = BaseModelShape(encoder.weights)
+        let md = ResultsReport.markdown(results)
+        let idir = dir.appendingPathComponent("interim")
+        try FileManager.default.createDirectory(at: idir, withIntermediateDirectories: true)
+        try AtomicFile.write(try enc.encode(results), to: idir.appendingPathComponent("results.json"))
+        try AtomicFile.write(Data(md.utf8), to: idir.appendingPathComponent("results.md"))
+        try AtomicFile.write(Data(HTMLReport.page(results: results).utf8), to: idir.appendingPathComponent("report.html"))
+        print(md)
+        return
     }
     if lead { runner.onRunFinished = { p in try AtomicFile.write(try enc.encode(p), to: partialURL) } }
     Interrupt.shared.install()

@@ -172,6 +172,36 @@ import Glibc
         #expect(!log3.contains { $0.contains("reused") })
     }
 
+    /// `run --interim`: the finished runs of a partial file, summarised and paired as the whole
+    /// experiment would be, the missing ones named; whatever protocol hash wrote them.
+    @Test func interimSummarisesTheFinishedRunsOnly() throws {
+        var cfg = S.config()
+        cfg.methods = [MethodConfig(kind: .loraReplay), cfg.methods[0]]
+        cfg.orderings = 2
+        let scenario = try Scenario(domains: [S.domain("a", base: 0), S.domain("b", base: 6)])
+        let runner = ExperimentRunner(config: cfg, scenario: scenario, encoder: try S.encoder(), generalTexts: S.general, codeVersion: "test")
+        let full = try runner.run()
+        let dual = full.summaries[1].method, seeds = cfg.resolvedOrderingSeeds
+        // the second ordering of the second method is not finished
+        var partial = PartialResults(protocolHash: "0123456789abcdef")
+        partial.runs = full.runs.filter { !($0.method == dual && $0.orderingSeed == seeds[1]) }
+        let r = try runner.interim(try JSONDecoder().decode(PartialResults.self, from: try JSONEncoder().encode(partial)))
+        #expect(r.interim == InterimRuns(finished: 3, total: 4, missing: ["\(dual) seed \(seeds[1])"], partialProtocolHash: "0123456789abcdef"))
+        #expect(r.runs.count == 3 && r.summaries.map(\.method) == full.summaries.map(\.method))
+        // the finished method's summary is the whole experiment's; the other's is its one run
+        #expect(r.summaries[0].routed.averageF1 == full.summaries[0].routed.averageF1)
+        let only = try #require(full.runs.first { $0.method == dual && $0.orderingSeed == seeds[0] })
+        #expect(r.summaries[1].routed.averageF1.mean == only.routed.averageF1 && r.summaries[1].routed.averageF1.count == 1)
+        // the paired tests pair the orderings both methods finished
+        let pairs = try #require(r.comparisons)
+        #expect(!pairs.isEmpty && pairs.allSatisfy { $0.orderingSeeds == [seeds[0]] })
+        #expect(full.comparisons?.allSatisfy { $0.orderingSeeds.count == 2 } == true)
+        let md = ResultsReport.markdown(r)
+        #expect(md.contains("Interim: 3 of 4 runs finished") && md.contains("\(dual) seed \(seeds[1])") && md.contains("another build"))
+        #expect(ResultsReport.markdown(full).contains("Interim") == false)
+        #expect(HTMLReport.page(results: r).contains("Interim: 3 of 4 runs finished"))
+    }
+
     // MARK: - the real CLI, killed with SIGKILL
 
     static func binary() throws -> URL {

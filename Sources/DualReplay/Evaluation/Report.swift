@@ -8,7 +8,13 @@ public enum ResultsReport {
     }
 
     public static func markdown(_ r: ExperimentResults) -> String {
-        var s = "| Method | Avg F1 ± std | BWT ± std | FWT | Forgetting | oracle F1 | oracle BWT | router acc | trainable params (+/domain) | p99 ms | train s |\n"
+        var s = ""
+        if let i = r.interim {
+            s += "**Interim: \(i.finished) of \(i.total) runs finished** (still to run: \(i.missing.isEmpty ? "none" : i.missing.joined(separator: ", "))). "
+            s += i.partialProtocolHash == r.experimentProtocol.hash ? "Same protocol as this build.\n\n"
+                : "The runs were written under protocol \(i.partialProtocolHash), another build or thread count of this config.\n\n"
+        }
+        s += "| Method | Avg F1 ± std | BWT ± std | FWT | Forgetting | oracle F1 | oracle BWT | router acc | trainable params (+/domain) | p99 ms | train s |\n"
         s += "|---|---|---|---|---|---|---|---|---|---|---|\n"
         for m in r.summaries {
             let router = m.routerAccuracy.map { pts($0) } ?? "-"

@@ -126,10 +126,25 @@ public struct ExperimentResults: Codable, Sendable {
     /// recorded). Not part of the protocol: results do not depend on them.
     public var ranks: Int?
     public var parallel: String?
+    /// Set when these are the results so far of an unfinished experiment (`run --interim`).
+    public var interim: InterimRuns?
 
     enum CodingKeys: String, CodingKey {
-        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt, baseModel, ranks, parallel
+        case schema, experimentProtocol = "protocol", runs, summaries, jointF1, singleF1, comparisons, createdAt, baseModel, ranks, parallel,
+             interim
     }
+}
+
+/// What an interim summary holds: the finished runs of a partial file, out of the experiment's.
+public struct InterimRuns: Codable, Equatable, Sendable {
+    /// Finished runs (references included) and all runs of the config.
+    public var finished: Int
+    public var total: Int
+    /// The runs not finished yet, as "method seed N".
+    public var missing: [String]
+    /// The protocol hash the partial file was written under; another one than
+    /// `protocol.hash` means another build (or threads) of the same config ran them.
+    public var partialProtocolHash: String
 }
 
 /// Layers, width and weight count of a base encoder.

@@ -155,6 +155,21 @@ public final class ExperimentRunner {
         return assemble(tasks, outcomes: outcomes.map { $0! }, protocol: proto)
     }
 
+    /// The results so far of an unfinished experiment: its finished runs in `partial` (matched
+    /// to the config's runs by method name and ordering seed, whatever build wrote them), with
+    /// their summaries and paired tests, as `run` would lay them out; nothing is trained. A method
+    /// with no finished run is left out; the paired tests pair the orderings both methods finished.
+    public func interim(_ partial: PartialResults) throws -> ExperimentResults {
+        let tasks = try gridTasks()
+        var kept: [GridTask] = [], outcomes: [GridOutcome] = [], missing: [String] = []
+        for t in tasks {
+            if let o = reused(t, from: partial) { kept.append(t); outcomes.append(o) } else { missing.append("\(t.settings.name) seed \(t.seed)") }
+        }
+        var r = assemble(kept, outcomes: outcomes, protocol: makeProtocol())
+        r.interim = InterimRuns(finished: kept.count, total: tasks.count, missing: missing, partialProtocolHash: partial.protocolHash)
+        return r
+    }
+
     /// Every rank must run the same experiment: same config, data, model, code and threads.
     func checkSameProtocol(_ proto: ExperimentProtocol) throws {
         let mine = UInt64(proto.hash, radix: 16) ?? 0

@@ -65,6 +65,10 @@ public enum HTMLReport {
         var body = "<h1>DualReplay report: \(xmlEscaped(p.config.name))</h1>\n"
         body += "<p class=\"lead\">\(p.domainNames.count) domains, \(r.summaries.count) methods × \(p.config.resolvedOrderingSeeds.count) orderings; "
         body += "F1 and transfer in points, routed mode (no domain given) unless marked oracle. Hover a mark for its value.</p>\n"
+        if let i = r.interim {
+            body += "<p class=\"lead\"><strong>Interim: \(i.finished) of \(i.total) runs finished.</strong> Still to run: "
+            body += "\(xmlEscaped(i.missing.isEmpty ? "none" : i.missing.joined(separator: ", "))).</p>\n"
+        }
         body += nav(r.summaries.map(\.method), runs: runs)
         body += runCard(r)
         body += summaryTable(r)
