@@ -122,9 +122,7 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
         let md = ResultsReport.markdown(results)
         let idir = dir.appendingPathComponent("interim")
         try FileManager.default.createDirectory(at: idir, withIntermediateDirectories: true)
-        try AtomicFile.write(try enc.encode(results), to: idir.appendingPathComponent("results.json"))
-        try AtomicFile.write(Data(md.utf8), to: idir.appendingPathComponent("results.md"))
-        try AtomicFile.write(Data(HTMLReport.page(results: results).utf8), to: idir.appendingPathComponent("report.html"))
+        try writeResults(results, markdown: md, to: idir, encoder: enc)
         print(md)
         return
     }
@@ -149,9 +147,7 @@ func runExperiment(_ cfgIn: ExperimentConfig, out: String?, threads: Int?, model
     let md = ResultsReport.markdown(results)
     try job.agree {
         guard lead else { return }
-        try AtomicFile.write(try enc.encode(results), to: dir.appendingPathComponent("results.json"))
-        try AtomicFile.write(Data(md.utf8), to: dir.appendingPathComponent("results.md"))
-        try AtomicFile.write(Data(HTMLReport.page(results: results).utf8), to: dir.appendingPathComponent("report.html"))
+        try writeResults(results, markdown: md, to: dir, encoder: enc)
     }
     guard lead else { return }
     print(md)
@@ -197,3 +193,10 @@ func reportInferenceShares(_ job: Collective) throws {
 
 /// The code version embedded at build time (`BuildInfo.codeVersion`), wherever the run starts.
 func codeVersion() -> String { BuildInfo.codeVersion }
+
+/// results.json, results.md and report.html of `results` in `dir`, each written atomically.
+func writeResults(_ results: ExperimentResults, markdown md: String, to dir: URL, encoder enc: JSONEncoder) throws {
+    try AtomicFile.write(try enc.encode(results), to: dir.appendingPathComponent("results.json"))
+    try AtomicFile.write(Data(md.utf8), to: dir.appendingPathComponent("results.md"))
+    try AtomicFile.write(Data(HTMLReport.page(results: results).utf8), to: dir.appendingPathComponent("report.html"))
+}
