@@ -72,7 +72,8 @@ bench: setup
 REF_VENV        ?= $(HOME)/.cache/dualreplay/ref-venv
 REF_PY          := $(REF_VENV)/bin/python
 REF_TORCH       ?= torch==2.13.0
-# CPU wheels of torch (PyPI's Linux wheel pulls the CUDA libraries); empty = plain PyPI
+# CPU wheels of torch (PyPI's Linux wheel pulls the CUDA libraries); empty = plain PyPI (also the
+# fallback when this index cannot be reached, e.g. behind a local wheel mirror)
 REF_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 REF_OUT         ?= build/bench/reference.jsonl
 REF_ARGS        ?=
@@ -82,7 +83,8 @@ reference-venv:
 	  echo "bench-reference: creating $(REF_VENV) ($(REF_TORCH), onnxruntime, onnx, numpy)"; \
 	  python3 -m venv $(REF_VENV) && \
 	  $(REF_PY) -m pip install -q --upgrade pip && \
-	  $(REF_PY) -m pip install -q $(if $(REF_TORCH_INDEX),--index-url $(REF_TORCH_INDEX)) $(REF_TORCH) && \
+	  { $(REF_PY) -m pip install -q $(if $(REF_TORCH_INDEX),--index-url $(REF_TORCH_INDEX)) $(REF_TORCH) || \
+	    { echo "bench-reference: $(REF_TORCH_INDEX) failed; trying the default index"; $(REF_PY) -m pip install -q $(REF_TORCH); }; } && \
 	  $(REF_PY) -m pip install -q onnxruntime onnx numpy || exit 1; \
 	fi
 

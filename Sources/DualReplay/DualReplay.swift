@@ -18,3 +18,16 @@ public enum Parallelism {
     }
     nonisolated(unsafe) public static var inference = ShardedInference()
 }
+
+/// BLAS at one thread for a stretch of work that runs on our own threads (data-parallel chunks,
+/// inference workers), whose results must not depend on BLAS's thread count:
+/// `let saved = SingleThreadedBLAS.begin(); defer { SingleThreadedBLAS.end(saved) }`.
+enum SingleThreadedBLAS {
+    /// Sets BLAS to one thread; returns the count to restore.
+    static func begin() -> Int32 {
+        let saved = dr_blas_get_threads()
+        if saved != 1 { dr_blas_set_threads(1) }
+        return saved
+    }
+    static func end(_ saved: Int32) { if saved != 1 { dr_blas_set_threads(saved) } }
+}

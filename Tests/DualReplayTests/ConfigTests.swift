@@ -281,6 +281,12 @@ import Testing
         // replay share only for methods with a buffer
         #expect(try Self.resolved(.lora) { $0.replay.share = 0.4 }.replayShare == 0)
         #expect(try Self.resolved(.loraReplay).replayShare == ConfigDefaults.replayShare)
+        // quota redistribution: off unless asked for, and then on the learner's buffer
+        #expect(try Self.resolved(.dualReplay).redistributeQuotas == nil)
+        #expect(try Self.resolved(.dualReplay) { $0.replay.redistribute = false }.redistributeQuotas == nil)
+        #expect(try Self.resolved(.dualReplay) { $0.replay.redistribute = true }.redistributeQuotas == true)
+        let parsed = try JSONDecoder().decode(MethodConfig.self, from: Data(#"{"kind": "dual-replay", "replay": {"redistribute": true}}"#.utf8))
+        #expect(parsed.replay.redistribute == true)
         // reference architecture: the adapter unless told
         #expect(try Self.resolved(.joint).spec.adapter && Self.resolved(.single) { $0.architecture = .lora }.spec.lora)
     }

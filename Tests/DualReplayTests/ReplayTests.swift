@@ -272,6 +272,70 @@ struct ReplayTests {
         #expect(q.reduce(0, +) <= 1_001 && q[0] > q[1] && q[1] > q[2])
     }
 
+    @Test func cappedFillingQuotas() {
+        // caps above every share: the plain water-filling
+        #expect(DualStreamBuffer.cappedFill(weights: [0.7, 0.2, 0.1], floors: [100, 100, 100], caps: [5_000, 5_000, 5_000],
+                                            budget: 1_000) == [700, 200, 100])
+        #expect(DualStreamBuffer.cappedFill(weights: [0.9, 0.05, 0.05], floors: [100, 100, 100], caps: [5_000, 5_000, 5_000],
+                                            budget: 1_000) == [800, 100, 100])
+        // a capped domain frees its share above the cap for the others, in proportion to weight
+        #expect(DualStreamBuffer.cappedFill(weights: [0.25, 0.25, 0.5], floors: [10, 10, 10], caps: [50, 5_000, 5_000],
+                                            budget: 1_000) == [50, 316, 633])
+        // everything fits: every domain at its cap; a cap below the floor counts as the floor
+        #expect(DualStreamBuffer.cappedFill(weights: [0.5, 0.5], floors: [100, 100], caps: [300, 20], budget: 1_000) == [300, 100])
+        // floors win over shares and caps never push the sum over the budget
+        var rng = SeededRandom(seed: 4)
+        for _ in 0..<200 {
+            let n = 1 + Int(rng.next() % 12)
+            let w = (0..<n).map { _ in Double(rng.next() % 100) / 100 }
+            let floors = (0..<n).map { _ in 1 + Int(rng.next() % 50) }
+            let caps = (0..<n).map { _ in Int(rng.next() % 400) }
+            let budget = floors.reduce(0, +) + Int(rng.next() % 2_000)
+            let q = DualStreamBuffer.cappedFill(weights: w, floors: floors, caps: caps, budget: budget)
+            #expect(q.reduce(0, +) <= budget)
+            for i in 0..<n {
+                #expect(q[i] >= floors[i] && q[i] <= max(caps[i], floors[i]))
+            }
+            // nothing left unused while some domain is below its cap (up to the rounding of n shares)
+            if q.indices.contains(where: { q[$0] < max(caps[$0], floors[$0]) && w[$0] > 0 }) {
+                #expect(budget - q.reduce(0, +) <= n + 1)
+            }
+        }
+    }
+
+    /// The 52-domain case: many domains smaller than their share. Without redistribution their
+    /// unfilled quotas stay empty while the large domains are evicted to theirs; with it the large
+    /// domains keep the difference, the small ones keep everything, and the budget still holds.
+    @Test func redistributionFillsWhatSmallDomainsCannot() throws {
+        func run(_ redistribute: Bool) throws -> DualStreamBuffer {
+            var rng = SeededRandom(seed: 21)
+            let buffer = try DualStreamBuffer(config: DualStreamConfig(byteBudget: 30_000, floorBytes: 100, redistributeUnused: redistribute,
+                                                                       seed: 3))
+            for d in Int32(0)..<12 {
+                let large = d % 4 == 0
+                try buffer.addDomain(d, items: domainItems(d, labels: 3, perLabel: large ? 60 : 2, rng: &rng))
+                checkInvariants(buffer)
+                for seen in buffer.domains where seen % 4 != 0 && seen != d {
+                    // a small domain (6 items of 72 bytes) is below its share: capped at what it holds, or not
+                    let held = buffer.items(of: seen).reduce(0) { $0 + $1.byteSize }
+                    #expect(held == 432)
+                    #expect(redistribute ? buffer.quota(of: seen)! == held : buffer.quota(of: seen)! > held)
+                }
+            }
+            return buffer
+        }
+        let plain = try run(false), filled = try run(true)
+        let large: [Int32] = [0, 4, 8], small: [Int32] = [1, 2, 3, 5, 6, 7, 9, 10, 11]
+        func bytes(_ b: DualStreamBuffer, _ ds: [Int32]) -> Int { ds.reduce(0) { $0 + b.items(of: $1).reduce(0) { $0 + $1.byteSize } } }
+        #expect(filled.domainBytesUsed > plain.domainBytesUsed)
+        #expect(bytes(filled, large) > bytes(plain, large))
+        #expect(bytes(filled, small) == bytes(plain, small))  // the small domains keep all they had
+        for d in small { #expect(filled.items(of: d).count == 6) }
+        // the option is recorded with the buffer's state and survives a round trip
+        let back = try DualStreamBuffer(state: filled.state)
+        #expect(back.state == filled.state && back.config.redistributeUnused == true)
+    }
+
     @Test func withoutBorrowingEveryDomainStaysWithinQuota() throws {
         var rng = SeededRandom(seed: 9)
         let buffer = try DualStreamBuffer(config: config(borrow: false))
@@ -324,6 +388,37 @@ struct ReplayTests {
         var bad = buffer.state
         bad.config.byteBudget = 100
         #expect(throws: ReplayError.self) { try DualStreamBuffer(state: bad) }
+    }
+
+    /// What a buffer keeps depends on item sizes and its generator, never on the stored logits'
+    /// values: the ground for computing logits only for the kept items (`DomainTrainer.updateBuffers`).
+    @Test func keptItemsDoNotDependOnLogitValues() throws {
+        func withLogits(_ items: [ReplayItem], _ value: (Int) -> Float) -> [ReplayItem] {
+            items.enumerated().map { i, it in var x = it; x.logits = [value(i), -value(i), 0.5]; return x }
+        }
+        var rng = SeededRandom(seed: 13)
+        let domains = (Int32(0)..<4).map { domainItems($0, labels: 3, perLabel: 15, rng: &rng) }
+        let a = try DualStreamBuffer(config: config(budget: 9_000)), b = try DualStreamBuffer(config: config(budget: 9_000))
+        let ra = ReservoirBuffer(byteBudget: 4_000, seed: 5), rb = ReservoirBuffer(byteBudget: 4_000, seed: 5)
+        for (d, items) in domains.enumerated() {
+            try a.addDomain(Int32(d), items: withLogits(items) { _ in 0 }, forgetting: [0: 0.1])
+            try b.addDomain(Int32(d), items: withLogits(items) { Float($0) * 0.37 }, forgetting: [0: 0.1])
+            ra.add(items: withLogits(items) { _ in 0 })
+            rb.add(items: withLogits(items) { Float($0) - 3 })
+            #expect(a.items(of: Int32(d)).map(\.tokenIds) == b.items(of: Int32(d)).map(\.tokenIds))
+            #expect(ra.items.map(\.tokenIds) == rb.items.map(\.tokenIds))
+            // replacing one domain's logits changes only those, in item order
+            let fresh = b.items(of: Int32(d)).indices.map { [Float($0), 1, 2] }
+            a.replaceLogits(of: Int32(d), with: fresh)
+            #expect(a.items(of: Int32(d)).map { $0.logits! } == fresh)
+            let held = rb.items.filter { $0.domain == Int32(d) }
+            let again = held.indices.map { [Float(-$0), 7, 8] }
+            ra.replaceLogits(of: Int32(d), with: again)
+            #expect(ra.items.filter { $0.domain == Int32(d) }.map { $0.logits! } == again)
+            #expect(ra.bytesUsed == rb.bytesUsed && a.bytesUsed == b.bytesUsed)
+        }
+        // both buffers had to choose: fewer items kept than offered
+        #expect(a.domains.reduce(0) { $0 + a.items(of: $1).count } < 4 * 45 && ra.items.count < 4 * 45)
     }
 
     @Test func generalStream() throws {

@@ -238,6 +238,30 @@ import Testing
     }
 }
 
+/// Stored logits are computed for the items a buffer keeps, after it chose them
+/// (`DomainTrainer.updateBuffers`): for the last domain learned they are the model's logits on
+/// those items, bit for bit, for the dual stream (dual-replay) and the reservoir (der).
+@Suite struct StoredLogitTests {
+    typealias S = StateTests
+
+    @Test(arguments: [MethodKind.dualReplay, .der])
+    func storedLogitsAreTheModelsOnTheKeptItems(_ kind: MethodKind) throws {
+        var cfg = S.config()
+        cfg.methods[0].kind = kind
+        let st = try ContinualState.create(config: cfg, encoder: try S.encoder(), generalTexts: S.general, modelPath: nil)
+        _ = try st.onboard(S.domain("a", base: 0))
+        let b = S.domain("b", base: 6)
+        _ = try st.onboard(b)
+        let m = st.model
+        let held: [ReplayItem]
+        if let dual = st.learner.dual { held = dual.items(of: 1) } else { held = try #require(st.learner.reservoir).items.filter { $0.domain == 1 } }
+        #expect(!held.isEmpty && held.count < b.train.count)  // a strict subset: the rest needed no logits
+        let expected = try m.domainLogits(held.map(\.tokenIds), domain: 1)
+        #expect(held.map { $0.logits!.map(\.bitPattern) } == expected.map { $0.map(\.bitPattern) })
+        #expect(held.allSatisfy { $0.logits!.count == m.domains[1].intents.count && $0.logits!.contains { $0 != 0 } })
+    }
+}
+
 /// Head realignment (`realignHeadSteps`): refitting an old head on its buffered examples lowers
 /// their loss and touches nothing but that head.
 @Suite struct HeadRealignmentTests {

@@ -22,6 +22,9 @@ struct BenchOptions {
     var stepOnly = false
     /// JSON lines of `make bench-reference` (PyTorch, onnxruntime): ratios when measured in this sitting.
     var reference: String? = nil
+    /// Predict bench: extra dual-replay states whose router reads these frozen layers (the
+    /// default state's router reads the last one).
+    var routerLayers: [Int] = []
 
     static func parse(_ args: [String]) -> BenchOptions {
         var o = BenchOptions()
@@ -39,6 +42,7 @@ struct BenchOptions {
         if let v = value("--batch"), let n = Int(v) { o.batch = n }
         if let v = value("--out") { o.out = v }
         if let v = value("--reference") { o.reference = v }
+        if let v = value("--router-layers") { o.routerLayers = v.split(separator: ",").compactMap { Int($0) } }
         o.stepOnly = args.contains("--step-only")
         return o
     }

@@ -65,12 +65,17 @@ func benchPredict(_ o: BenchOptions, _ out: Reporter) throws -> [PredictRecord] 
     // fresh `dualreplay predict` process would load it.
     let serving = try SentenceEncoder(modelDirectory: modelURL, maxLength: maxLength)
     var states: [(name: String, state: ContinualState, setup: Double, routerLayer: Int?)] = []
-    for kind in [MethodKind.dualReplay, .loraReplay] {
+    // (path name, method kind, router layer: nil = the method's default)
+    let variants: [(String, MethodKind, Int?)] = [("dual-replay", .dualReplay, nil), ("lora-replay", .loraReplay, nil)]
+        + o.routerLayers.map { ("dual-replay-router\($0)", .dualReplay, $0) }
+    for (name, kind, layer) in variants {
         let t0 = now()
-        var cfg = ExperimentConfig(name: "bench-predict", data: DataConfig(), methods: [MethodConfig(kind: kind)])
+        var method = MethodConfig(kind: kind)
+        method.router.layer = layer
+        var cfg = ExperimentConfig(name: "bench-predict", data: DataConfig(), methods: [method])
         cfg.training = training
         cfg.seed = 0
-        let dir = root.appendingPathComponent(kind.rawValue)
+        let dir = root.appendingPathComponent(name)
         let trainer = try SentenceEncoder(modelDirectory: modelURL, maxLength: maxLength)
         let state = try ContinualState.create(config: cfg, encoder: trainer, generalTexts: general, modelPath: o.modelDir,
                                               codeVersion: "dr-bench")
@@ -81,8 +86,8 @@ func benchPredict(_ o: BenchOptions, _ out: Reporter) throws -> [PredictRecord] 
         let opened = try ContinualState.open(dir, encoder: serving)
         let setup = now() - t0
         let routed = opened.router != nil
-        states.append((kind.rawValue, opened, setup, routed ? opened.model.routerLayer : nil))
-        print("# predict: \(kind.rawValue) state with \(opened.manifest.domains.count) domains built, saved and reopened in \(String(format: "%.1f", setup)) s"
+        states.append((name, opened, setup, routed ? opened.model.routerLayer : nil))
+        print("# predict: \(name) state with \(opened.manifest.domains.count) domains built, saved and reopened in \(String(format: "%.1f", setup)) s"
               + (routed ? " (router reads layer \(opened.model.routerLayer) of \(opened.model.config.layers), gate-free prefix \(opened.model.gateFreePrefix))" : ""))
     }
 
@@ -143,7 +148,8 @@ func benchPredict(_ o: BenchOptions, _ out: Reporter) throws -> [PredictRecord] 
         case 1: note = "OpenBLAS sgemm on the \(4 * cfg.layers) linear GEMMs of one encoder pass at the utterance's token count"
         default:
             note = "ContinualState.open + predict([text]) on \(domains.count) domains from \(source), 1 epoch each"
-                + (st!.routerLayer.map { "; router reads layer \($0), then the gated forward from layer 0" } ?? "; no router, one forward")
+                + (st!.routerLayer.map { "; router reads frozen layer \($0), then the gated forward from layer \(st!.state.model.resumeLayer)" }
+                    ?? "; no router, one forward")
         }
         let r = PredictRecord(bench: "predict_latency", path: name, threads: 1, runs: wall[p].count, tokens: meanTokens,
                               p50Ms: p50 * 1e3, p99Ms: percentile(wall[p], 0.99) * 1e3, cpuP50Ms: c50 * 1e3,

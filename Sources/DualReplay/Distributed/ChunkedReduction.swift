@@ -75,9 +75,8 @@ public final class ChunkedReduction {
         if packed.count < mine.count * stride { packed = [Float](repeating: 0, count: mine.count * stride) }
         // chunks on worker threads, BLAS single-threaded inside each (its result must not depend
         // on how many threads BLAS would use)
-        let blasThreads = Int(dr_blas_get_threads())
-        if blasThreads != 1 { dr_blas_set_threads(1) }
-        defer { if blasThreads != 1 { dr_blas_set_threads(Int32(blasThreads)) } }
+        let blasThreads = SingleThreadedBLAS.begin()
+        defer { SingleThreadedBLAS.end(blasThreads) }
         let failures = UnsafeMutablePointer<Error?>.allocate(capacity: T)
         failures.initialize(repeating: nil, count: T)
         defer { failures.deinitialize(count: T); failures.deallocate() }

@@ -159,9 +159,8 @@ public final class ShardedInference {
         defer { slots.deinitialize(count: n); slots.deallocate() }
         let claim = NSLock()
         var next = 0
-        let blasThreads = Int(dr_blas_get_threads())
-        if blasThreads != 1 { dr_blas_set_threads(1) }
-        defer { if blasThreads != 1 { dr_blas_set_threads(Int32(blasThreads)) } }
+        let blasThreads = SingleThreadedBLAS.begin()
+        defer { SingleThreadedBLAS.end(blasThreads) }
         withoutActuallyEscaping(job) { job in
             DispatchQueue.concurrentPerform(iterations: T) { t in
                 workers.bind(t) {

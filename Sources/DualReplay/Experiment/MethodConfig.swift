@@ -179,6 +179,9 @@ public struct MethodConfig: Codable, Equatable, Sendable {
         public var floorWeight: Double?
         public var samplingFloorWeight: Double?
         public var forgettingEMA: Double?
+        /// Dual-Replay: cap each domain's quota at what it can hold and give the rest to the
+        /// others (`DualStreamConfig.redistributeUnused`; default off).
+        public var redistribute: Bool?
         public init() {}
     }
 }
@@ -332,7 +335,7 @@ extension MethodConfig.Loss {
 }
 
 extension MethodConfig.Replay {
-    enum CodingKeys: String, CodingKey, CaseIterable { case share, domainFraction, floorWeight, samplingFloorWeight, forgettingEMA }
+    enum CodingKeys: String, CodingKey, CaseIterable { case share, domainFraction, floorWeight, samplingFloorWeight, forgettingEMA, redistribute }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
         share = try c.decodeIfPresent(Double.self, forKey: .share)
@@ -340,6 +343,7 @@ extension MethodConfig.Replay {
         floorWeight = try c.decodeIfPresent(Double.self, forKey: .floorWeight)
         samplingFloorWeight = try c.decodeIfPresent(Double.self, forKey: .samplingFloorWeight)
         forgettingEMA = try c.decodeIfPresent(Double.self, forKey: .forgettingEMA)
+        redistribute = try c.decodeIfPresent(Bool.self, forKey: .redistribute)
     }
 }
 

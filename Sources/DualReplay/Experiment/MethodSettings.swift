@@ -39,6 +39,9 @@ public struct MethodSettings: Codable, Equatable, Sendable {
     public var driftRefitLearningRate: Float?
     /// Multi-intent augmentation (nil = off; absent from states and results saved before it existed).
     public var multiIntent: MultiIntentAugmentation?
+    /// Dual-Replay's quotas capped at what each domain holds, the rest redistributed
+    /// (`replay.redistribute`; nil = off, and absent from states saved before it existed).
+    public var redistributeQuotas: Bool? = nil
 
     public static func resolve(_ m: MethodConfig, training t: TrainingDefaults) throws -> MethodSettings {
         typealias D = ConfigDefaults
@@ -69,7 +72,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         loss.anchor = m.loss.anchor ?? D.anchor(m.kind)
         loss.orthogonality = m.loss.orthogonality ?? D.orthogonality(m.kind)
         let lr = m.training.learningRate ?? t.learningRate
-        let s = MethodSettings(
+        var s = MethodSettings(
             name: m.name ?? m.kind.rawValue, kind: m.kind,
             epochs: m.training.epochs ?? t.epochs, learningRate: lr, batchSize: m.training.batchSize ?? t.batchSize,
             replayShare: m.kind.usesReplay ? (m.replay.share ?? t.replayShare) : 0,
@@ -94,6 +97,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
                                                 maxIntents: b.maxIntents ?? D.multiIntentMaxIntents)
                 return a.augmentShare == 0 ? nil : a
             })
+        if m.replay.redistribute == true { s.redistributeQuotas = true }
         try s.validate(layers: m.adapter.layers)
         if let b = m.multiIntent, let share = b.augmentShare, share == 0 {
             // off, but its other fields must still be valid

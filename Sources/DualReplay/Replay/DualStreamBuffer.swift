@@ -22,11 +22,17 @@ public struct DualStreamConfig: Codable, Hashable, Sendable {
     /// what they still hold, and their training data is gone); it gives them back when the next
     /// domain arrives. This keeps the buffer as full as a reservoir under the same budget.
     public var newestDomainBorrowsSlack: Bool
+    /// When true, a domain's quota is capped at what it can hold (the bytes it keeps; for the
+    /// arriving domain, those plus its candidates): its data is gone, so bytes above that would
+    /// stay empty. The difference goes to the other domains in proportion to their weights, so
+    /// they are evicted less (see "Quotas" on the class). nil or false: quotas ignore what a
+    /// domain holds (the behaviour before the option existed; absent from older states).
+    public var redistributeUnused: Bool?
     public var seed: UInt64
 
     public init(byteBudget: Int, domainFraction: Double = 0.7, floorWeight: Double = 0.2,
                 samplingFloorWeight: Double = 0.2, floorBytes: Int = 0, forgettingEMA: Double = 0.5,
-                newestDomainBorrowsSlack: Bool = true, seed: UInt64 = 0) {
+                newestDomainBorrowsSlack: Bool = true, redistributeUnused: Bool? = nil, seed: UInt64 = 0) {
         self.byteBudget = byteBudget
         self.domainFraction = domainFraction
         self.floorWeight = floorWeight
@@ -34,6 +40,7 @@ public struct DualStreamConfig: Codable, Hashable, Sendable {
         self.floorBytes = floorBytes
         self.forgettingEMA = forgettingEMA
         self.newestDomainBorrowsSlack = newestDomainBorrowsSlack
+        self.redistributeUnused = redistributeUnused
         self.seed = seed
     }
 
@@ -80,6 +87,9 @@ public struct DualStreamConfig: Codable, Hashable, Sendable {
 /// fixed at floor_d } until none moves; the others get ⌊share⌋. Hence Σ quota_d ≤ B always, every
 /// quota ≥ its floor, and with equal floors a larger weight never gets a smaller quota. If the
 /// floors alone do not fit, `addDomain` throws `ReplayError.budgetTooSmall` and changes nothing.
+/// With `redistributeUnused`, each quota is also capped at what its domain can hold (`cappedFill`):
+/// a small domain whose whole training set is below its share keeps its quota at its bytes, and
+/// the rest of its share goes to the domains that still hold more than theirs.
 ///
 /// **Eviction.** Quotas are enforced when a domain arrives: every older domain above its quota
 /// evicts class-balanced (always from its most represented label, a random item of it), so every
@@ -259,7 +269,7 @@ public final class DualStreamBuffer: ReplayBuffer {
             slotIndex[domain] = index
         }
         slots[index].largestItemBytes = max(slots[index].largestItemBytes, newLargest)
-        recomputeWeightsAndQuotas()
+        recomputeWeightsAndQuotas(arriving: index, arrivingBytes: newItems.reduce(0) { $0 + $1.byteSize })
 
         for i in slots.indices where i != index {
             slots[i].items = evictClassBalanced(slots[i].items, toFit: slots[i].quota)
@@ -343,10 +353,19 @@ public final class DualStreamBuffer: ReplayBuffer {
         return f.map { floor / n + (1 - floor) * (sum > 0 ? $0 / sum : 1 / n) }
     }
 
-    private func recomputeWeightsAndQuotas() {
+    /// `arriving`: the slot of the domain being added, whose `arrivingBytes` of candidates count
+    /// towards what it can hold (`redistributeUnused`).
+    private func recomputeWeightsAndQuotas(arriving: Int? = nil, arrivingBytes: Int = 0) {
         guard !slots.isEmpty else { return }
         let weights = DualStreamBuffer.flooredWeights(forgettingValues(Array(slots.indices)), floor: config.floorWeight)
-        let quotas = DualStreamBuffer.waterFill(weights: weights, floors: slots.map(floor(of:)), budget: config.domainBudget)
+        let floors = slots.map(floor(of:))
+        let quotas: [Int]
+        if config.redistributeUnused ?? false {
+            let caps = slots.indices.map { slots[$0].bytes + ($0 == arriving ? arrivingBytes : 0) }
+            quotas = DualStreamBuffer.cappedFill(weights: weights, floors: floors, caps: caps, budget: config.domainBudget)
+        } else {
+            quotas = DualStreamBuffer.waterFill(weights: weights, floors: floors, budget: config.domainBudget)
+        }
         for i in slots.indices {
             slots[i].importanceWeight = weights[i]
             slots[i].quota = quotas[i]
@@ -379,6 +398,29 @@ public final class DualStreamBuffer: ReplayBuffer {
             if !moved { break }
         }
         return (0..<n).map { fixed[$0] ? floors[$0] : max(floors[$0], Int(shares[$0].rounded(.down))) }
+    }
+
+    /// Quotas ∝ weights between per-domain floors and caps: quota_d = ⌊clamp(λ·w_d, floor_d,
+    /// max(cap_d, floor_d))⌋ with the largest λ for which Σ quota_d ≤ budget (every domain at its
+    /// cap when even that fits). A cap above a domain's share changes nothing; a cap below it
+    /// frees bytes, which raise λ for the others. Σ ≤ budget whenever Σ floors ≤ budget.
+    static func cappedFill(weights w: [Double], floors: [Int], caps: [Int], budget: Int) -> [Int] {
+        let n = w.count
+        let hiCap = (0..<n).map { Double(max(caps[$0], floors[$0])) }
+        func fill(_ lambda: Double) -> [Double] { (0..<n).map { min(max(lambda * w[$0], Double(floors[$0])), hiCap[$0]) } }
+        func total(_ x: [Double]) -> Double { x.reduce(0) { $0 + $1.rounded(.down) } }
+        // every domain with a positive weight at its cap (a zero weight stays at its floor)
+        let atCaps = (0..<n).map { w[$0] > 0 ? Int(hiCap[$0]) : floors[$0] }
+        if atCaps.reduce(0, +) <= budget { return atCaps }
+        // ... which λ = max cap/weight reaches; the largest λ that fits lies below it
+        var hi = (0..<n).filter { w[$0] > 0 }.map { hiCap[$0] / w[$0] }.max() ?? 0
+        var lo = 0.0
+        for _ in 0..<200 {
+            let mid = (lo + hi) / 2
+            if mid <= lo || mid >= hi { break }
+            if total(fill(mid)) <= Double(budget) { lo = mid } else { hi = mid }
+        }
+        return fill(lo).map { Int($0) }
     }
 
     /// Removes items, always from the label with the most items (ties: more bytes, then the smaller

@@ -280,6 +280,17 @@ public final class ReservoirBuffer: ReplayBuffer {
         return true
     }
 
+    /// Replaces the stored logits of domain `domain`'s items, in item order, each with as many
+    /// floats as before (so bytes and the ledger stay as they were); items without logits are skipped.
+    public func replaceLogits(of domain: Int32, with logits: [[Float]]) {
+        let held = items.indices.filter { items[$0].domain == domain && items[$0].logits != nil }
+        precondition(logits.count == held.count, "replaceLogits: \(logits.count) rows for \(held.count) items")
+        for (k, i) in held.enumerated() {
+            precondition(items[i].logits!.count == logits[k].count, "replaceLogits: \(logits[k].count) logits for an item that stores \(items[i].logits!.count)")
+            items[i].logits = logits[k]
+        }
+    }
+
     /// Offers items in order.
     public func add<S: Sequence>(items newItems: S) where S.Element == ReplayItem {
         for item in newItems { add(item) }

@@ -123,13 +123,8 @@ public final class ContinualState {
         // the structure comes from the registry (no training is replayed); the values from the file
         let scenario = try makeScenario(mf, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
         let m = ContinualModel(base: encoder.weights, spec: mf.settings.spec, seed: 0)
-        // chunked gradients as `DomainTrainer.makeModel` sets them for a new state
-        let training = mf.config.training ?? TrainingDefaults()
-        if training.gradientChunk > 0 {
-            m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: Parallelism.collective)
-        }
-        m.inference = Parallelism.inference
-        if training.parallelInference ?? false { m.inferenceThreads = Parallelism.threads }
+        // chunked gradients and inference threads as `DomainTrainer.makeModel` sets them for a new state
+        m.useParallelism(mf.config.training ?? TrainingDefaults(), inference: Parallelism.inference)
         for d in scenario.domains { m.addDomain(name: d.name, intents: d.intents) }
         // the layout must match the saved one exactly: names, shapes, offsets
         let store = m.store

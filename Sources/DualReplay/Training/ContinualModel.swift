@@ -430,6 +430,17 @@ public final class ContinualModel {
     /// thread, BLAS with its own threads); `training.parallelInference` sets it to the compute threads.
     public var inferenceThreads = 1
 
+    /// The job's parallelism for this model, from a run's `training` settings: chunked gradients
+    /// (`gradientChunk`) over `inference`'s collective, the inference maps sharded over its ranks,
+    /// and their chunks on the compute threads (`parallelInference`). A new learner and a loaded
+    /// state both get it here, so the two cannot drift apart.
+    public func useParallelism(_ training: TrainingDefaults, inference: ShardedInference) {
+        chunking = training.gradientChunk > 0
+            ? ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: inference.collective) : nil
+        self.inference = inference
+        inferenceThreads = training.parallelInference ?? false ? Parallelism.threads : 1
+    }
+
     /// The workers of this model's inference maps: worker t runs its chunks in worker context
     /// t's buffers. nil at one thread, and inside a worker (a map nested in a chunk runs in order).
     var inferenceWorkers: ShardedInference.Workers? {

@@ -31,11 +31,7 @@ public final class DomainTrainer {
 
     public func makeModel(seed: UInt64) -> ContinualModel {
         let m = ContinualModel(base: encoder.weights, spec: settings.spec, seed: seed &* 7919 &+ 17)
-        if training.gradientChunk > 0 {
-            m.chunking = ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: inference.collective)
-        }
-        m.inference = inference
-        if training.parallelInference ?? false { m.inferenceThreads = Parallelism.threads }
+        m.useParallelism(training, inference: inference)
         if training.prefixCacheMB > 0 && m.gateFreePrefix >= 1 { m.prefixCache = PrefixCache(byteBudget: training.prefixCacheMB << 20) }
         return m
     }
@@ -57,7 +53,8 @@ public final class DomainTrainer {
         if s.kind == .dualReplay {
             let dual = try DualStreamBuffer(config: DualStreamConfig(byteBudget: byteBudget, domainFraction: s.domainFraction,
                                                                      floorWeight: s.floorWeight, samplingFloorWeight: s.samplingFloorWeight,
-                                                                     forgettingEMA: s.forgettingEMA, seed: seed))
+                                                                     forgettingEMA: s.forgettingEMA, redistributeUnused: s.redistributeQuotas,
+                                                                     seed: seed))
             // the general stream: general text, reservoir-sampled to its budget
             let items = generalTexts.shuffled(using: &st.rng).prefix(4000).map { ReplayItem.general(tokenIds: tokens.ids($0), target: nil) }
             dual.addGeneral(items: items)
@@ -201,24 +198,45 @@ public final class DomainTrainer {
 
     /// Stores the new domain's rows (with their logits under gate k when the method replays
     /// logits) in the method's buffer, steering the dual stream's quotas by `forgetting`.
+    ///
+    /// Stored logits (`loss.logitReplay`) are computed for the kept items only: which items a
+    /// buffer keeps depends on their sizes and its generator, not on the logits' values, so the
+    /// items go in with zero logits of the right length and the kept ones get theirs afterwards
+    /// (in canonical chunks of the kept items). A domain the buffer already holds items of (none
+    /// in a continual run) gets logits for all its rows first, as before.
     func updateBuffers(_ st: LearnerState, rows: [TrainingRow], domain k: Int, forgetting: [Int32: Float], rng: inout SplitMix64) throws {
-        let storeLogits = settings.loss.logitReplay > 0
+        let storeLogits = settings.loss.logitReplay > 0, m = st.model, width = m.domains[k].classRange.count
+        let placeholder = [Float](repeating: 0, count: width)
+        func item(_ r: TrainingRow, _ logits: [Float]?) -> ReplayItem {
+            ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? logits : nil)
+        }
         if let res = st.reservoir {
             let shuffled = rows.shuffled(using: &rng)
-            let lg = storeLogits ? try st.model.domainLogits(shuffled.map(\.ids), domain: k) : []
-            for (i, r) in shuffled.enumerated() {
-                res.add(ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil))
+            if storeLogits && res.items.contains(where: { $0.domain == Int32(k) }) {
+                let lg = try m.domainLogits(shuffled.map(\.ids), domain: k)
+                for (i, r) in shuffled.enumerated() { res.add(item(r, lg[i])) }
+            } else {
+                for r in shuffled { res.add(item(r, placeholder)) }
+                if storeLogits {
+                    let kept = res.items.filter { $0.domain == Int32(k) }
+                    res.replaceLogits(of: Int32(k), with: try m.domainLogits(kept.map(\.tokenIds), domain: k))
+                }
             }
             _ = res.appendLedgerEntry(newDomain: Int32(k))
         }
         if let dual = st.dual {
             // `addDomain` folds the forgetting signal into the quotas (once: it used to be folded
             // in here as well, which applied the EMA twice per domain)
-            let lg = storeLogits ? try st.model.domainLogits(rows.map(\.ids), domain: k) : []
-            let items = rows.enumerated().map { i, r in
-                ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? lg[i] : nil)
+            if storeLogits && !dual.items(of: Int32(k)).isEmpty {
+                let lg = try m.domainLogits(rows.map(\.ids), domain: k)
+                try dual.addDomain(Int32(k), items: rows.enumerated().map { item($1, lg[$0]) }, forgetting: forgetting)
+            } else {
+                try dual.addDomain(Int32(k), items: rows.map { item($0, placeholder) }, forgetting: forgetting)
+                if storeLogits {
+                    let kept = dual.items(of: Int32(k))
+                    dual.replaceLogits(of: Int32(k), with: try m.domainLogits(kept.map(\.tokenIds), domain: k))
+                }
             }
-            try dual.addDomain(Int32(k), items: items, forgetting: forgetting)
         }
     }
 
