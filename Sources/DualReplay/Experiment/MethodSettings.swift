@@ -72,7 +72,7 @@ public struct MethodSettings: Codable, Equatable, Sendable {
         loss.anchor = m.loss.anchor ?? D.anchor(m.kind)
         loss.orthogonality = m.loss.orthogonality ?? D.orthogonality(m.kind)
         let lr = m.training.learningRate ?? t.learningRate
-        var s = MethodSettings(
+        let s = MethodSettings(
             name: m.name ?? m.kind.rawValue, kind: m.kind,
             epochs: m.training.epochs ?? t.epochs, learningRate: lr, batchSize: m.training.batchSize ?? t.batchSize,
             replayShare: m.kind.usesReplay ? (m.replay.share ?? t.replayShare) : 0,
@@ -96,8 +96,8 @@ public struct MethodSettings: Codable, Equatable, Sendable {
                                                 conjunctions: b.conjunctions ?? D.multiIntentConjunctions,
                                                 maxIntents: b.maxIntents ?? D.multiIntentMaxIntents)
                 return a.augmentShare == 0 ? nil : a
-            })
-        if m.replay.redistribute == true { s.redistributeQuotas = true }
+            },
+            redistributeQuotas: m.replay.redistribute == true ? true : nil)
         try s.validate(layers: m.adapter.layers)
         if let b = m.multiIntent, let share = b.augmentShare, share == 0 {
             // off, but its other fields must still be valid

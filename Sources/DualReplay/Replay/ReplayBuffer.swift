@@ -280,13 +280,17 @@ public final class ReservoirBuffer: ReplayBuffer {
         return true
     }
 
-    /// Replaces the stored logits of domain `domain`'s items, in item order, each with as many
-    /// floats as before (so bytes and the ledger stay as they were); items without logits are skipped.
+    /// The items of one domain, in item order.
+    public func items(of domain: Int32) -> [ReplayItem] { items.filter { $0.domain == domain } }
+
+    /// Replaces the stored logits of domain `domain`'s items (`items(of:)`), in item order, each
+    /// with as many floats as before, so bytes and the ledger stay as they were.
     public func replaceLogits(of domain: Int32, with logits: [[Float]]) {
-        let held = items.indices.filter { items[$0].domain == domain && items[$0].logits != nil }
+        let held = items.indices.filter { items[$0].domain == domain }
         precondition(logits.count == held.count, "replaceLogits: \(logits.count) rows for \(held.count) items")
         for (k, i) in held.enumerated() {
-            precondition(items[i].logits!.count == logits[k].count, "replaceLogits: \(logits[k].count) logits for an item that stores \(items[i].logits!.count)")
+            precondition(items[i].logits?.count == logits[k].count,
+                         "replaceLogits: \(logits[k].count) logits for an item that stores \(items[i].logits?.count ?? 0)")
             items[i].logits = logits[k]
         }
     }

@@ -202,41 +202,24 @@ public final class DomainTrainer {
     /// Stored logits (`loss.logitReplay`) are computed for the kept items only: which items a
     /// buffer keeps depends on their sizes and its generator, not on the logits' values, so the
     /// items go in with zero logits of the right length and the kept ones get theirs afterwards
-    /// (in canonical chunks of the kept items). A domain the buffer already holds items of (none
-    /// in a continual run) gets logits for all its rows first, as before.
+    /// (in canonical chunks of the kept items). `learn` calls this once per domain, for a domain
+    /// the buffer holds nothing of yet.
     func updateBuffers(_ st: LearnerState, rows: [TrainingRow], domain k: Int, forgetting: [Int32: Float], rng: inout SplitMix64) throws {
-        let storeLogits = settings.loss.logitReplay > 0, m = st.model, width = m.domains[k].classRange.count
-        let placeholder = [Float](repeating: 0, count: width)
-        func item(_ r: TrainingRow, _ logits: [Float]?) -> ReplayItem {
-            ReplayItem(tokenIds: r.ids, label: r.label, domain: Int32(k), logits: storeLogits ? logits : nil)
-        }
+        let storeLogits = settings.loss.logitReplay > 0, m = st.model, d = Int32(k)
+        let placeholder: [Float]? = storeLogits ? [Float](repeating: 0, count: m.domains[k].classRange.count) : nil
+        let items = { (rows: [TrainingRow]) in rows.map { ReplayItem(tokenIds: $0.ids, label: $0.label, domain: d, logits: placeholder) } }
         if let res = st.reservoir {
-            let shuffled = rows.shuffled(using: &rng)
-            if storeLogits && res.items.contains(where: { $0.domain == Int32(k) }) {
-                let lg = try m.domainLogits(shuffled.map(\.ids), domain: k)
-                for (i, r) in shuffled.enumerated() { res.add(item(r, lg[i])) }
-            } else {
-                for r in shuffled { res.add(item(r, placeholder)) }
-                if storeLogits {
-                    let kept = res.items.filter { $0.domain == Int32(k) }
-                    res.replaceLogits(of: Int32(k), with: try m.domainLogits(kept.map(\.tokenIds), domain: k))
-                }
-            }
-            _ = res.appendLedgerEntry(newDomain: Int32(k))
+            precondition(!res.items.contains { $0.domain == d }, "updateBuffers: the reservoir already holds domain \(k)")
+            res.add(items: items(rows.shuffled(using: &rng)))
+            if storeLogits { res.replaceLogits(of: d, with: try m.domainLogits(res.items(of: d).map(\.tokenIds), domain: k)) }
+            _ = res.appendLedgerEntry(newDomain: d)
         }
         if let dual = st.dual {
+            precondition(dual.items(of: d).isEmpty, "updateBuffers: the dual stream already holds domain \(k)")
             // `addDomain` folds the forgetting signal into the quotas (once: it used to be folded
             // in here as well, which applied the EMA twice per domain)
-            if storeLogits && !dual.items(of: Int32(k)).isEmpty {
-                let lg = try m.domainLogits(rows.map(\.ids), domain: k)
-                try dual.addDomain(Int32(k), items: rows.enumerated().map { item($1, lg[$0]) }, forgetting: forgetting)
-            } else {
-                try dual.addDomain(Int32(k), items: rows.map { item($0, placeholder) }, forgetting: forgetting)
-                if storeLogits {
-                    let kept = dual.items(of: Int32(k))
-                    dual.replaceLogits(of: Int32(k), with: try m.domainLogits(kept.map(\.tokenIds), domain: k))
-                }
-            }
+            try dual.addDomain(d, items: items(rows), forgetting: forgetting)
+            if storeLogits { dual.replaceLogits(of: d, with: try m.domainLogits(dual.items(of: d).map(\.tokenIds), domain: k)) }
         }
     }
 
