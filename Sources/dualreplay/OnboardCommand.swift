@@ -278,7 +278,9 @@ struct OnboardCommand: ParsableCommand {
         var cfg = ExperimentConfig(name: "state", data: DataConfig(), methods: [MethodConfig(kind: method ?? .dualReplay)])
         if let path = config {
             let file = try ExperimentConfig.load(URL(fileURLWithPath: path))
-            var chosen = file.methods[0]
+            guard var chosen = file.methods.first else {
+                throw ValidationError("\(path): `methods` is empty: onboarding follows the config's first method")
+            }
             if let method {
                 guard let m = file.methods.first(where: { $0.kind == method }) else {
                     throw ValidationError("\(path): no method of kind \(method.rawValue)")

@@ -61,6 +61,30 @@ import Testing
         #expect(joint.oracle.averageF1 > 0.5, "joint oracle F1 \(joint.oracle.averageF1)")
     }
 
+    /// A references-only experiment (no method: the joint reference at its own epoch count, the
+    /// step-matched upper bound) runs, and its epochs are its own: training longer on the same
+    /// rows changes the joint model.
+    @Test func referencesOnlyExperimentRunsTheJointAtItsOwnEpochs() throws {
+        let enc = try Self.encoder()
+        func joint(epochs: Int?) throws -> (ExperimentResults, RunResult) {
+            var cfg = Self.smallConfig([])
+            var j = MethodConfig(kind: .joint)
+            j.training.epochs = epochs
+            cfg.references = [j]
+            try cfg.validate()
+            let (scenario, general) = try ExperimentSetup.scenario(cfg.data)
+            let results = try ExperimentRunner(config: cfg, scenario: scenario, encoder: enc, generalTexts: general, codeVersion: "test").run()
+            return (results, try #require(results.runs.first { $0.kind == .joint }))
+        }
+        let (results, short) = try joint(epochs: 1)
+        #expect(results.summaries.isEmpty && results.runs.count == 1 && results.comparisons == nil)
+        #expect(results.jointF1?.count == 3)
+        #expect(ResultsReport.markdown(results).contains("joint"))
+        let (_, long) = try joint(epochs: 6)
+        #expect(long.oracle.averageF1 > short.oracle.averageF1, "joint oracle F1: 1 epoch \(short.oracle.averageF1), 6 epochs \(long.oracle.averageF1)")
+        #expect(long.trainSeconds > 0 && short.trainSeconds > 0)
+    }
+
     /// Dual-Replay's pieces run together: gates, dual buffer (domain + general stream with its
     /// anchoring loss), router; floors hold and the ledger records quotas after every domain.
     @Test func dualReplayRunsWithRouterAndLedger() throws {
@@ -158,6 +182,8 @@ import Testing
         }
         let good = #"{"name":"x","data":{"synthetic":{"domains":2,"trainPerIntent":4}},"methods":[{"kind":"dual-replay"}]}"#
         _ = try ExperimentConfig.load(try write(good))
+        let referencesOnly = #"{"name":"x","data":{"synthetic":{"domains":2}},"methods":[],"references":[{"kind":"joint","training":{"epochs":5}}]}"#
+        #expect(try ExperimentConfig.load(try write(referencesOnly, "refs.json")).references?.first?.training.epochs == 5)
         let cases: [(String, String)] = [
             (#"{"name":"x","data":{},"methods":[{"kind":"dual-replay"}]}"#, "data"),
             (#"{"name":"x","data":{"synthetic":{}},"methods":[]}"#, "methods"),

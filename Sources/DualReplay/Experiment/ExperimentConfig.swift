@@ -72,7 +72,10 @@ public struct ExperimentConfig: Codable, Equatable, Sendable {
             throw ConfigError.invalid(field: "schemaVersion", reason: "this build reads version \(Self.schemaVersion), the file says \(v)\(hint)")
         }
         try SafeName.check(name, field: "name")
-        guard !methods.isEmpty else { throw ConfigError.invalid(field: "methods", reason: "at least one method is required") }
+        // a references-only experiment (e.g. the joint reference at another epoch count) is allowed
+        guard !methods.isEmpty || !(references ?? []).isEmpty else {
+            throw ConfigError.invalid(field: "methods", reason: "at least one method or reference is required")
+        }
         try Bounds.check(orderings, B.orderings, "orderings")
         if let s = orderingSeeds { try Bounds.check(s.count, 0...B.orderings.upperBound, "orderingSeeds (count)") }
         try Bounds.check(threads, B.threads, "threads")
