@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a method's backward transfer comes from, by domain size.
 
-Reads an experiment's results.json (or partial.json) and, per method, groups the domains of every
+Reads an experiment's results.json (or partial.json, either possibly gzipped) and, per method, groups the domains of every
 run by their number of training utterances (the largest `--head` domains of the scenario, then
 the rest in equal-count bins by size) and prints, in routed and oracle mode, the mean F1 of a
 domain just after it was learned (R[j][j]), at the end (R[T-1][j]) and the change: a positive
@@ -11,9 +11,9 @@ change is backward transfer, a negative one forgetting. The last domain of a run
     python3 scripts/forgetting-by-size.py results/synthetic52/results.json --head 4 --bins 3
 """
 import argparse
-import json
 import statistics
-import sys
+
+from results_io import sequential_runs
 
 
 def cells(run, mode):
@@ -35,18 +35,11 @@ def cells(run, mode):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", help="results.json or partial.json of a run")
+    ap.add_argument("results", help="results.json or partial.json of a run (.gz too)")
     ap.add_argument("--head", type=int, default=4, help="the largest domains counted as the head (default 4)")
     ap.add_argument("--bins", type=int, default=2, help="equal-count size bins for the other domains (default 2)")
     a = ap.parse_args()
-    try:
-        with open(a.results) as f:
-            doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"{a.results}: {e}")
-    runs = [r for r in doc.get("runs", []) if r.get("kind") not in ("single", "joint")]
-    if not runs:
-        sys.exit(f"{a.results}: no sequential run with an R matrix")
+    runs = sequential_runs(a.results)
     # the size classes come from the scenario (every run has the same domains, in another order)
     sizes = {}
     for r in runs:

@@ -10,15 +10,9 @@ The runner's own paired tests compare Dual-Replay against the other kinds; varia
 ordering: no test is run on so few pairs.
 """
 import argparse
-import gzip
-import json
 import sys
 
-
-def load(path):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        return json.load(f)
+from results_io import sequential_runs
 
 
 def final_f1(matrix):
@@ -34,18 +28,12 @@ def main():
     ap.add_argument("results")
     ap.add_argument("--base", default="dual-replay")
     a = ap.parse_args()
-    try:
-        runs = load(a.results)["runs"]
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"{a.results}: cannot read the runs: {e}")
+    runs = sequential_runs(a.results)
     by = {(r["method"], r["orderingSeed"]): r for r in runs}
     base = {s: r for (m, s), r in by.items() if m == a.base}
     if not base:
         sys.exit(f"{a.results}: no run of the base method {a.base!r}")
-    methods = []
-    for r in runs:
-        if r["method"] not in methods and r["kind"] not in ("joint", "single"):
-            methods.append(r["method"])
+    methods = list(dict.fromkeys(r["method"] for r in runs))
     seeds = sorted(base)
     print(f"{a.results.split('/')[-1]}: against {a.base}, orderings {', '.join(map(str, seeds))}\n")
     print("| method | routed F1 | Δ routed per ordering | oracle F1 | Δ oracle per ordering | buffer bytes used | train s |")
@@ -54,10 +42,8 @@ def main():
         pairs = [(by[(m, s)], base[s]) for s in seeds if (m, s) in by]
         if not pairs:
             continue
-        routed = [final_f1(r["routed"]) for r, _ in pairs]
-        oracle = [final_f1(r["oracle"]) for r, _ in pairs]
-        dr = [final_f1(r["routed"]) - final_f1(b["routed"]) for r, b in pairs]
-        do = [final_f1(r["oracle"]) - final_f1(b["oracle"]) for r, b in pairs]
+        routed, oracle = ([final_f1(r[mode]) for r, _ in pairs] for mode in ("routed", "oracle"))
+        dr, do = ([x - final_f1(b[mode]) for x, (_, b) in zip(xs, pairs)] for xs, mode in ((routed, "routed"), (oracle, "oracle")))
         used = [r.get("bufferBytesUsed") for r, _ in pairs]
         train = [r["trainSeconds"] for r, _ in pairs]
         fmt = lambda xs: " / ".join(f"{x:+.1f}" for x in xs)
