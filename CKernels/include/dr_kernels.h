@@ -41,6 +41,31 @@ int dr_small_matmul(float *out, const float *inp, const float *weight, const flo
 int dr_small_matmul_available(void);
 // Turns the few-rows path of dr_matmul_forward on or off (benchmarks and tests; on by default).
 void dr_set_small_matmul(int enabled);
+// The packed few-rows path for FROZEN weights. dr_pack_linear packs weight (OC,C) once into
+// dr_packed_linear_size(C, OC) floats (panels of 16 output columns, (C,16) each, zero-padded).
+// dr_packed_matmul: out (N,OC) = inp · weightᵀ + bias (+ resid (N,OC)); bias, resid may be NULL.
+// Each element is one fused multiply-add chain over c in order from 0, then + bias, then + resid,
+// exactly as dr_linear_reference computes it on the unpacked weight, so the result does not depend
+// on N, on the other rows or on the instruction set. isa: 0 the best available, or DR_ISA_AVX2 /
+// DR_ISA_AVX512; returns the one used, 0 (nothing written) when it is not available.
+#define DR_ISA_AVX2 1
+#define DR_ISA_AVX512 2
+#define DR_PACKED_MAX_C 4096  // larger C: dr_packed_matmul returns 0
+int64_t dr_packed_linear_size(int64_t C, int64_t OC);
+void dr_pack_linear(float *packed, const float *weight, int64_t C, int64_t OC);
+int dr_packed_matmul(float *out, const float *inp, const float *packed, const float *bias,
+                     const float *resid, int64_t N, int64_t C, int64_t OC, int isa);
+int dr_packed_matmul_isa(void);  // the best available: 0, DR_ISA_AVX2 or DR_ISA_AVX512
+void dr_linear_reference(float *out, const float *inp, const float *weight, const float *bias,
+                         const float *resid, int64_t N, int64_t C, int64_t OC);
+// out = inp · weightᵀ + bias (+ resid): the packed kernel when packed is given, N <=
+// DR_SMALL_MATMUL_ROWS and the few-rows path is on; otherwise dr_matmul_forward (no resid) or
+// resid + bias followed by OpenBLAS accumulating into it.
+void dr_linear_forward(float *out, const float *inp, const float *weight, const float *packed,
+                       const float *bias, const float *resid, int64_t N, int64_t C, int64_t OC);
+// Turns the packed path of dr_linear_forward on or off (benchmarks; on by default; the few-rows
+// switch dr_set_small_matmul(0) turns both off).
+void dr_set_packed_matmul(int enabled);
 // dinp (N,C) += dout · weight; dweight (OC,C) += doutᵀ · inp; dbias (OC) += Σ_rows dout.
 // Any of dinp, dweight, dbias may be NULL (skipped).
 void dr_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -138,7 +163,18 @@ typedef struct {
     float *proj_b;       // (L, C)
     float *ln2_w;        // (L, C)       output.LayerNorm
     float *ln2_b;        // (L, C)
+    // Optional packed copies of the frozen linear weights (dr_bert_pack); NULL: none. Set only
+    // while the weights above do not change (never for a full fine-tune's parameters).
+    const struct dr_bert_packed *packed;
 } dr_bert_params;
+
+// The four linear weights of every layer, each (L, dr_packed_linear_size(in, out)).
+typedef struct dr_bert_packed {
+    const float *qkv, *ao, *fc, *proj;
+} dr_bert_packed;
+size_t dr_bert_packed_size(const dr_bert_config *cfg);
+// Packs p's linear weights into dst (dr_bert_packed_size floats) and points pk into it.
+void dr_bert_pack(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const dr_bert_config *cfg);
 
 // Fills sizes[DR_BERT_NUM_PARAMS] (floats, in struct order) and returns their sum.
 size_t dr_bert_param_sizes(const dr_bert_config *cfg, size_t *sizes);

@@ -1,6 +1,7 @@
 // blas.c — the one file that talks to OpenBLAS.
 #include "dr_kernels.h"
 #include <cblas.h>
+#include <math.h>
 
 // OpenBLAS's own thread control (declared in its cblas.h on Debian, but not everywhere).
 extern void openblas_set_num_threads(int);
@@ -129,15 +130,19 @@ int dr_small_matmul(float *out, const float *inp, const float *weight, const flo
 #endif
 }
 
-void dr_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                       int64_t N, int64_t C, int64_t OC) {
-    // out (N,OC) = inp (N,C) · weightᵀ (C,OC)
+static int small_matmul_on(void) {
     int small = __atomic_load_n(&small_matmul_state, __ATOMIC_RELAXED);
     if (small < 0) {
         small = dr_small_matmul_available();
         __atomic_store_n(&small_matmul_state, small, __ATOMIC_RELAXED);
     }
-    if (small && N <= DR_SMALL_MATMUL_ROWS && dr_small_matmul(out, inp, weight, bias, N, C, OC)) return;
+    return small;
+}
+
+void dr_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int64_t N, int64_t C, int64_t OC) {
+    // out (N,OC) = inp (N,C) · weightᵀ (C,OC)
+    if (small_matmul_on() && N <= DR_SMALL_MATMUL_ROWS && dr_small_matmul(out, inp, weight, bias, N, C, OC)) return;
     if (bias) {
         for (int64_t i = 0; i < N; i++) {
             float *o = out + i * OC;
@@ -145,6 +150,216 @@ void dr_matmul_forward(float *out, const float *inp, const float *weight, const 
         }
     }
     dr_sgemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, bias ? 1.0f : 0.0f, out, OC);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packed few-rows path for FROZEN weights (the encoder's single-utterance path). The weight is
+// packed once into panels of 16 output columns, each panel (C, 16) row-major: panel p holds
+// weight[16p + q][c] at [c][q], zero past OC. The kernel broadcasts one input value and multiplies
+// it into a panel row, so each output element is ONE fused multiply-add chain over c in order
+// from 0, then + bias, then + resid: no horizontal sums, no dependence on N, on the row's position
+// or on the instruction set (AVX-512 and AVX2 give the same bits as the plain reference
+// dr_linear_reference, since every step is one correctly rounded operation).
+
+int64_t dr_packed_linear_size(int64_t C, int64_t OC) { return (OC + 15) / 16 * 16 * C; }
+
+void dr_pack_linear(float *packed, const float *weight, int64_t C, int64_t OC) {
+    const int64_t P = (OC + 15) / 16;
+    for (int64_t p = 0; p < P; p++) {
+        float *dst = packed + p * 16 * C;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t q = 0; q < 16; q++) {
+                const int64_t j = p * 16 + q;
+                dst[c * 16 + q] = j < OC ? weight[j * C + c] : 0.0f;
+            }
+    }
+}
+
+void dr_linear_reference(float *out, const float *inp, const float *weight, const float *bias,
+                         const float *resid, int64_t N, int64_t C, int64_t OC) {
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < OC; j++) {
+            float acc = 0.0f;
+            for (int64_t c = 0; c < C; c++) acc = fmaf(inp[i * C + c], weight[j * C + c], acc);
+            if (bias) acc = acc + bias[j];
+            if (resid) acc = acc + resid[i * OC + j];
+            out[i * OC + j] = acc;
+        }
+}
+
+#ifdef DR_HAVE_SMALL_MATMUL
+static int cpu_has_avx512f(void) {
+    unsigned a, b, c, d;
+    if (!cpu_has_avx2_fma()) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((b >> 16) & 1)) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xE6) == 0xE6; // XMM, YMM, opmask, ZMM upper halves, ZMM16-31 saved by the OS
+}
+
+#define DR_T512 __attribute__((target("avx512f,avx2,fma")))
+#define DR_T256 __attribute__((target("avx2,fma")))
+#define DR_INLINE static inline __attribute__((always_inline))
+// The row loops must unroll completely so that the accumulator arrays become registers.
+#if defined(__clang__)
+#define DR_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define DR_UNROLL _Pragma("GCC unroll 12")
+#endif
+
+// The row block's input, transposed: xt[c * 12 + r] = x[r][c]. The broadcasts then read one
+// pointer at constant offsets (twelve row pointers would not fit in the general registers).
+// Thread-local, so the kernels still never allocate; C above DR_PACKED_MAX_C goes to OpenBLAS.
+static _Thread_local float packed_xt[DR_PACKED_MAX_C * 12];
+
+static void transpose_block(float *xt, const float *x, int64_t nr, int64_t C) {
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < 12; r++) xt[c * 12 + r] = r < nr ? x[r * C + c] : 0.0f;
+}
+
+// nr (1..12) rows × np (1 or 2) panels; nr and np are constants at every call site, so the
+// accumulators live in registers (up to 24 of the 32 zmm).
+DR_INLINE DR_T512 void pk512(const int nr, const int np, float *out, const float *xt, const float *pa,
+                             const float *bias, const float *resid, int64_t j, int64_t C, int64_t OC) {
+    __m512 acc0[12], acc1[12];
+    DR_UNROLL for (int r = 0; r < nr; r++) { acc0[r] = _mm512_setzero_ps(); acc1[r] = acc0[r]; }
+    const float *pb = pa + 16 * C;
+    for (int64_t c = 0; c < C; c++) {
+        const __m512 w0 = _mm512_loadu_ps(pa + c * 16);
+        const __m512 w1 = np == 2 ? _mm512_loadu_ps(pb + c * 16) : w0;
+        DR_UNROLL for (int r = 0; r < nr; r++) {
+            const __m512 xv = _mm512_set1_ps(xt[c * 12 + r]);
+            acc0[r] = _mm512_fmadd_ps(xv, w0, acc0[r]);
+            if (np == 2) acc1[r] = _mm512_fmadd_ps(xv, w1, acc1[r]);
+        }
+    }
+    for (int q = 0; q < np; q++) {
+        const int64_t jj = j + 16 * q;
+        const int64_t nv = OC - jj < 16 ? OC - jj : 16;
+        const __mmask16 m = (__mmask16)((1u << nv) - 1u);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + jj) : _mm512_setzero_ps();
+        DR_UNROLL for (int r = 0; r < nr; r++) {
+            __m512 v = q == 0 ? acc0[r] : acc1[r];
+            if (bias) v = _mm512_add_ps(v, bv);
+            if (resid) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, resid + r * OC + jj));
+            _mm512_mask_storeu_ps(out + r * OC + jj, m, v);
+        }
+    }
+}
+
+DR_T512 static void packed_matmul_avx512(float *out, const float *inp, const float *packed,
+                                         const float *bias, const float *resid, int64_t N,
+                                         int64_t C, int64_t OC) {
+    const int64_t P = (OC + 15) / 16;
+    float *xt = packed_xt;
+    for (int64_t i = 0; i < N; i += 12) {
+        const int64_t nr = N - i < 12 ? N - i : 12;
+        transpose_block(xt, inp + i * C, nr, C);
+        float *o = out + i * OC;
+        const float *rs = resid ? resid + i * OC : NULL;
+        for (int64_t p = 0; p < P; p += 2) {
+            const int np = P - p >= 2 ? 2 : 1;
+            const float *pa = packed + p * 16 * C;
+            const int64_t j = p * 16;
+#define PK512(n) case n: if (np == 2) pk512(n, 2, o, xt, pa, bias, rs, j, C, OC); else pk512(n, 1, o, xt, pa, bias, rs, j, C, OC); break;
+            switch (nr) { PK512(1) PK512(2) PK512(3) PK512(4) PK512(5) PK512(6) PK512(7) PK512(8) PK512(9) PK512(10) PK512(11) PK512(12) }
+#undef PK512
+        }
+    }
+}
+
+// nr (1..6) rows × one panel as two ymm: 12 accumulators of the 16 ymm. xt as above, from row r0.
+DR_INLINE DR_T256 void pk256(const int nr, float *out, const float *xt, const float *pa,
+                             const float *bias, const float *resid, int64_t j, int64_t C, int64_t OC) {
+    __m256 acc0[6], acc1[6];
+    DR_UNROLL for (int r = 0; r < nr; r++) { acc0[r] = _mm256_setzero_ps(); acc1[r] = acc0[r]; }
+    for (int64_t c = 0; c < C; c++) {
+        const __m256 w0 = _mm256_loadu_ps(pa + c * 16), w1 = _mm256_loadu_ps(pa + c * 16 + 8);
+        DR_UNROLL for (int r = 0; r < nr; r++) {
+            const __m256 xv = _mm256_broadcast_ss(xt + c * 12 + r);
+            acc0[r] = _mm256_fmadd_ps(xv, w0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(xv, w1, acc1[r]);
+        }
+    }
+    const int64_t nv = OC - j < 16 ? OC - j : 16;
+    DR_UNROLL for (int r = 0; r < nr; r++) {
+        float v[16];
+        _mm256_storeu_ps(v, acc0[r]);
+        _mm256_storeu_ps(v + 8, acc1[r]);
+        float *o = out + r * OC + j;
+        const float *rs = resid ? resid + r * OC + j : NULL;
+        for (int64_t q = 0; q < nv; q++) {
+            float s = v[q];
+            if (bias) s = s + bias[j + q];
+            if (rs) s = s + rs[q];
+            o[q] = s;
+        }
+    }
+}
+
+DR_T256 static void packed_matmul_avx2(float *out, const float *inp, const float *packed,
+                                       const float *bias, const float *resid, int64_t N, int64_t C,
+                                       int64_t OC) {
+    const int64_t P = (OC + 15) / 16;
+    float *xt = packed_xt;
+    for (int64_t i = 0; i < N; i += 12) {
+        const int64_t nr = N - i < 12 ? N - i : 12;
+        transpose_block(xt, inp + i * C, nr, C);
+        for (int64_t p = 0; p < P; p++) {
+            const float *pa = packed + p * 16 * C;
+            const int64_t j = p * 16;
+            for (int64_t h = 0; h < nr; h += 6) {
+                const int64_t nh = nr - h < 6 ? nr - h : 6;
+                float *o = out + (i + h) * OC;
+                const float *rs = resid ? resid + (i + h) * OC : NULL;
+#define PK256(n) case n: pk256(n, o, xt + h, pa, bias, rs, j, C, OC); break;
+                switch (nh) { PK256(1) PK256(2) PK256(3) PK256(4) PK256(5) PK256(6) }
+#undef PK256
+            }
+        }
+    }
+}
+#endif
+
+int dr_packed_matmul_isa(void) {
+#ifdef DR_HAVE_SMALL_MATMUL
+    static int probed = -1;
+    if (probed < 0) probed = cpu_has_avx512f() ? DR_ISA_AVX512 : cpu_has_avx2_fma() ? DR_ISA_AVX2 : 0;
+    return probed;
+#else
+    return 0;
+#endif
+}
+
+int dr_packed_matmul(float *out, const float *inp, const float *packed, const float *bias,
+                     const float *resid, int64_t N, int64_t C, int64_t OC, int isa) {
+    const int best = dr_packed_matmul_isa();
+    if (isa == 0) isa = best;
+    if (isa <= 0 || isa > best || N < 0 || C < 0 || C > DR_PACKED_MAX_C || OC < 0) return 0;
+#ifdef DR_HAVE_SMALL_MATMUL
+    if (isa == DR_ISA_AVX512) packed_matmul_avx512(out, inp, packed, bias, resid, N, C, OC);
+    else packed_matmul_avx2(out, inp, packed, bias, resid, N, C, OC);
+    return isa;
+#else
+    (void)out; (void)inp; (void)packed; (void)bias; (void)resid;
+    return 0;
+#endif
+}
+
+static int packed_matmul_state = 1;
+void dr_set_packed_matmul(int enabled) { __atomic_store_n(&packed_matmul_state, enabled != 0, __ATOMIC_RELAXED); }
+
+void dr_linear_forward(float *out, const float *inp, const float *weight, const float *packed,
+                       const float *bias, const float *resid, int64_t N, int64_t C, int64_t OC) {
+    if (packed && N <= DR_SMALL_MATMUL_ROWS && small_matmul_on() &&
+        __atomic_load_n(&packed_matmul_state, __ATOMIC_RELAXED) &&
+        dr_packed_matmul(out, inp, packed, bias, resid, N, C, OC, 0))
+        return;
+    if (!resid) { dr_matmul_forward(out, inp, weight, bias, N, C, OC); return; }
+    // out = resid + bias, then += inp · weightᵀ (OpenBLAS accumulates into it)
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < OC; j++) out[i * OC + j] = resid[i * OC + j] + (bias ? bias[j] : 0.0f);
+    dr_sgemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, 1.0f, out, OC);
 }
 
 void dr_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,

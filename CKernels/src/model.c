@@ -51,13 +51,9 @@ size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext
     return (size_t)dr_adapter_scratch_size(N, ext->R, B) + (size_t)(N * cfg->hidden);
 }
 
-// out (N,OC) = resid + inp (N,K) · Wᵀ + b: a linear layer fused with its residual add.
-static void linear_residual(float *out, const float *resid, const float *inp, const float *W,
-                            const float *b, int64_t N, int64_t K, int64_t OC) {
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t c = 0; c < OC; c++) out[i * OC + c] = resid[i * OC + c] + b[c];
-    dr_sgemm(0, 1, N, OC, K, 1.0f, inp, K, W, K, 1.0f, out, OC);
-}
+// Layer l's packed copy of one linear weight (NULL without packing).
+#define PACKED(p, field, l, in, out) \
+    ((p)->packed ? (p)->packed->field + (l) * dr_packed_linear_size(in, out) : NULL)
 
 static void adapter_fwd(float *out, const dr_ext_acts *xa, float *scratch, const float *inp,
                         const dr_bert_ext *ext, int64_t s, const int64_t *cu, int64_t B,
@@ -98,7 +94,8 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
         float *out = a->hidden + (l + 1) * N * C;
         const int64_t s = ext_slot(ext, l);
 
-        dr_matmul_forward(qkv, x, p->qkv_w + l * 3 * C * C, p->qkv_b + l * 3 * C, N, C, 3 * C);
+        dr_linear_forward(qkv, x, p->qkv_w + l * 3 * C * C, PACKED(p, qkv, l, C, 3 * C), p->qkv_b + l * 3 * C,
+                          NULL, N, C, 3 * C);
         for (int64_t k = 0; ext && k < ext->n_lora; k++) {
             for (int64_t j = 0; j < 2; j++) {  // query columns [0,C), value columns [2C,3C)
                 const int64_t idx = (k * L + l) * 2 + j;
@@ -108,18 +105,20 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
             }
         }
         dr_attention_forward(atty, a->probs + l * PS, qkv, cu_seqlens, B, C, NH);
-        linear_residual(res1, x, atty, p->ao_w + l * C * C, p->ao_b + l * C, N, C, C);
+        dr_linear_forward(res1, atty, p->ao_w + l * C * C, PACKED(p, ao, l, C, C), p->ao_b + l * C, x, N, C, C);
         dr_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, res1,
                              p->ln1_w + l * C, p->ln1_b + l * C, N, C, eps);
-        dr_matmul_forward(fch, ln1, p->fc_w + l * I * C, p->fc_b + l * I, N, C, I);
+        dr_linear_forward(fch, ln1, p->fc_w + l * I * C, PACKED(p, fc, l, C, I), p->fc_b + l * I, NULL, N, C, I);
         dr_gelu_forward(fchg, fch, N * I);
         if (s >= 0 && ext->adapter_place == DR_ADAPTER_FFN) {
             float *fo = xa->a_inp + s * N * C;
-            dr_matmul_forward(fo, fchg, p->proj_w + l * C * I, p->proj_b + l * C, N, I, C);
+            dr_linear_forward(fo, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, NULL,
+                              N, I, C);
             adapter_fwd(tmp, xa, ad_scratch, fo, ext, s, cu_seqlens, B, N, C);
             dr_residual_forward(res2, tmp, ln1, N * C);
         } else {
-            linear_residual(res2, ln1, fchg, p->proj_w + l * C * I, p->proj_b + l * C, N, I, C);
+            dr_linear_forward(res2, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, ln1,
+                              N, I, C);
         }
         dr_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                              p->ln2_w + l * C, p->ln2_b + l * C, N, C, eps);

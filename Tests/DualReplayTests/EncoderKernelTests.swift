@@ -104,6 +104,91 @@ import Testing
         #expect(on != off, "the few-rows path did not run (its sums are ordered differently from OpenBLAS's)")
     }
 
+    /// The packed few-rows kernel (frozen weights): bit for bit the plain fused multiply-add
+    /// reference on the unpacked weight, for every instruction set this CPU has, every row count
+    /// it serves, column counts with a partial last panel and an odd number of panels, with and
+    /// without bias and residual; the reference itself against a Double sum; rows do not depend
+    /// on N; an unavailable instruction set or too large a C is refused without writing.
+    @Test func packedMatmulIsTheReferenceBitForBit() {
+        var rng = SeededRandom(seed: 31)
+        let best = dr_packed_matmul_isa()
+        var out: [Float] = [7]
+        #expect(dr_packed_matmul(&out, [1], [1], nil, nil, 1, 1, 1, best + 1) == 0 && out == [7], "an unavailable ISA ran")
+        guard best != 0 else { return }
+        let isas = best == DR_ISA_AVX512 ? [DR_ISA_AVX2, DR_ISA_AVX512] : [DR_ISA_AVX2]
+        for (C, OC) in [(1, 1), (7, 5), (33, 17), (384, 40), (64, 48), (96, 130), (384, 1152)] {
+            let w = rng.floats(OC * C), b = rng.floats(OC)
+            let rows = Int(DR_SMALL_MATMUL_ROWS)
+            let xs = rng.floats(rows * C), rs = rng.floats(rows * OC)
+            var packed = [Float](repeating: .nan, count: Int(dr_packed_linear_size(Int64(C), Int64(OC))))
+            dr_pack_linear(&packed, w, Int64(C), Int64(OC))
+            let Ns = OC > 500 ? [1, 11, rows] : Array(1...rows)
+            for N in Ns {
+                let x = Array(xs.prefix(N * C)), r = Array(rs.prefix(N * OC))
+                for (bias, resid) in [(true, true), (true, false), (false, true), (false, false)] {
+                    var ref = [Float](repeating: 0, count: N * OC)
+                    dr_linear_reference(&ref, x, w, bias ? b : nil, resid ? r : nil, Int64(N), Int64(C), Int64(OC))
+                    if N == 3 {  // the reference is the linear layer
+                        var worst = 0.0
+                        for i in 0..<N {
+                            for o in 0..<OC {
+                                var sum = (bias ? Double(b[o]) : 0) + (resid ? Double(r[i * OC + o]) : 0)
+                                for c in 0..<C { sum += Double(x[i * C + c]) * Double(w[o * C + c]) }
+                                worst = max(worst, Self.relErr(Double(ref[i * OC + o]), sum))
+                            }
+                        }
+                        #expect(worst < 1e-5, "reference C \(C) OC \(OC): worst \(worst)")
+                    }
+                    for isa in isas {
+                        var got = [Float](repeating: .nan, count: N * OC + 1)
+                        got[N * OC] = 42  // nothing is written past the output
+                        #expect(dr_packed_matmul(&got, x, packed, bias ? b : nil, resid ? r : nil, Int64(N), Int64(C), Int64(OC), isa) == isa)
+                        #expect(got.prefix(N * OC).map(\.bitPattern) == ref.map(\.bitPattern),
+                                "ISA \(isa) N \(N) C \(C) OC \(OC) bias \(bias) resid \(resid) differs from the reference")
+                        #expect(got[N * OC] == 42)
+                        if N == 1 || isa != isas.last { continue }
+                        var alone = [Float](repeating: 0, count: OC)  // the last row, computed alone
+                        #expect(dr_packed_matmul(&alone, Array(x.suffix(C)), packed, bias ? b : nil, resid ? Array(r.suffix(OC)) : nil,
+                                                 1, Int64(C), Int64(OC), isa) == isa)
+                        #expect(Array(got[((N - 1) * OC)..<(N * OC)]).map(\.bitPattern) == alone.map(\.bitPattern))
+                    }
+                }
+            }
+        }
+        let big = Int(DR_PACKED_MAX_C) + 1
+        #expect(dr_packed_matmul(&out, [Float](repeating: 1, count: big), [Float](repeating: 1, count: 16 * big), nil, nil,
+                                 1, Int64(big), 1, 0) == 0 && out == [7])
+    }
+
+    /// Packing the frozen encoder: the single-utterance path (N <= DR_SMALL_MATMUL_ROWS) runs the
+    /// packed kernel (other bits than without it, the same values to rounding) and a batch above
+    /// that size gives exactly the bits of the unpacked encoder.
+    @Test func packedEncoderAgreesWithUnpacked() {
+        let cfg = BertConfig(layers: 2, hidden: 32, heads: 4, intermediate: 64, vocabSize: 40,
+                             maxPositions: 40, typeVocabSize: 2, layerNormEps: 1e-12, hiddenAct: "gelu")
+        let tok = try! BertTokenizer(vocab: (0..<40).map { $0 == 0 ? "[PAD]" : $0 == 1 ? "[CLS]" : $0 == 2 ? "[SEP]" : $0 == 3 ? "[UNK]" : "t\($0)" })
+        let plain = SentenceEncoder(weights: BertWeights(config: cfg, seed: 5), tokenizer: tok)
+        let packedW = BertWeights(config: cfg, seed: 5)
+        packedW.pack()
+        let packed = SentenceEncoder(weights: packedW, tokenizer: tok)
+        guard dr_packed_matmul_isa() != 0 else { #expect(packedW.packedBytes == 0); return }
+        #expect(packedW.packedBytes == Int(dr_bert_packed_size([cfg.kernelConfig])) * 4 && packedW.packedBytes > 0)
+        let short = PackedBatch([[1, 5, 7, 9, 11, 2], [1, 8, 30, 2]])
+        let a = plain.forward(short).hidden(layer: cfg.layers), b = packed.forward(short).hidden(layer: cfg.layers)
+        #expect(zip(a, b).allSatisfy { Self.relErr(Double($0), Double($1)) < 1e-5 })
+        #expect(a.map(\.bitPattern) != b.map(\.bitPattern), "the packed path did not run")
+        var seqs: [[Int32]] = []
+        for k in 0..<5 {
+            var ids: [Int32] = [1]
+            for t in 0..<6 { ids.append(Int32(4 + (k * 7 + t * 3) % 36)) }
+            seqs.append(ids + [2])
+        }
+        let long = PackedBatch(seqs)
+        #expect(long.tokenCount > Int(DR_SMALL_MATMUL_ROWS))
+        let c = plain.forward(long).hidden(layer: cfg.layers), d = packed.forward(long).hidden(layer: cfg.layers)
+        #expect(c.map(\.bitPattern) == d.map(\.bitPattern))
+    }
+
     @Test func layerNormMatchesReferenceAndGradients() {
         var rng = SeededRandom(seed: 2)
         let N = 4, C = 9

@@ -86,37 +86,50 @@ func benchEncoder(_ o: BenchOptions, _ out: Reporter) throws -> [BenchRecord] {
                            ratioToSgemm: median(ratios),
                            note: "aggregate over \(times.count) batches of \(source); ceiling and ratio: medians of per-batch replays"))
     }
-    // single-utterance latency at 1 thread: the few-rows matmul (the default) and OpenBLAS for every
-    // GEMM, alternating per utterance so both see the same load
+    // single-utterance latency at 1 thread, three paths alternating per utterance so all see the
+    // same load: the default (packed frozen weights, `dr_packed_matmul`), the unpacked few-rows
+    // kernel (`dr_small_matmul`, the default before stop 16) and OpenBLAS for every GEMM
     setComputeThreads(1)
-    var lat: [Double] = [], fl: [Double] = [], latBLAS: [Double] = []
+    enum Path: CaseIterable { case packed, small, openblas }
+    func select(_ p: Path) {
+        dr_set_small_matmul(p == .openblas ? 0 : 1)
+        dr_set_packed_matmul(p == .packed ? 1 : 0)
+    }
+    var lat: [Path: [Double]] = [:], fl: [Double] = []
     for i in 0..<(o.latencyRuns + 50) {
         let text = texts[(i * 7919) % texts.count]
-        for small in [true, false] {
-            dr_set_small_matmul(small ? 1 : 0)
+        for path in Path.allCases {
+            select(path)
             let t0 = now()
             let b = PackedBatch([encoder.tokenizer.encode(text)])
             let e = encoder.forward(b).sentenceEmbeddings()
             let t1 = now()
             precondition(e.count == encoder.config.hidden)
             guard i >= 50 else { continue }
-            if small { lat.append(t1 - t0); fl.append(encoderFlops(encoder.config, b)) } else { latBLAS.append(t1 - t0) }
+            lat[path, default: []].append(t1 - t0)
+            if path == .packed { fl.append(encoderFlops(encoder.config, b)) }
         }
     }
-    dr_set_small_matmul(1)
-    let p50 = percentile(lat, 0.5) * 1e3, p99 = percentile(lat, 0.99) * 1e3
-    let gf = fl.reduce(0, +) / lat.reduce(0, +) / 1e9
+    select(.packed)
+    let main = lat[.packed]!
+    let p50 = percentile(main, 0.5) * 1e3, p99 = percentile(main, 0.99) * 1e3
+    let gf = fl.reduce(0, +) / main.reduce(0, +) / 1e9
     let ceil = sgemmCeiling(encoderGemms(encoder.config, tokens: Int(meanLen.rounded())))
+    let isa = ["none (the unpacked path)", "AVX2", "AVX-512"][Int(dr_packed_matmul_isa())]
+    let packedNote = encoder.weights.packedBytes > 0 ? "packed weights (\(isa), \(encoder.weights.packedBytes / 1_000_000) MB)" : "no packed weights"
     report(BenchRecord(bench: "encoder_latency_p50", threads: 1, batch: 1, tokens: Int(meanLen.rounded()), value: p50, unit: "ms",
-                       gflops: gf, sgemmGflops: ceil, ratioToSgemm: gf / ceil, note: "\(lat.count) runs, tokenize+forward+pool"))
+                       gflops: gf, sgemmGflops: ceil, ratioToSgemm: gf / ceil, note: "\(main.count) runs, tokenize+forward+pool, \(packedNote)"))
     report(BenchRecord(bench: "encoder_latency_p99", threads: 1, batch: 1, tokens: Int(meanLen.rounded()), value: p99, unit: "ms",
-                       gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: "\(lat.count) runs"))
-    let smallNote = dr_small_matmul_available() != 0 ? "every GEMM through OpenBLAS (the few-rows kernel off), alternating with the rows above"
-        : "the few-rows kernel is not available on this CPU: the same path as above"
-    report(BenchRecord(bench: "encoder_latency_openblas_p50", threads: 1, batch: 1, tokens: Int(meanLen.rounded()),
-                       value: percentile(latBLAS, 0.5) * 1e3, unit: "ms", gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: smallNote))
-    report(BenchRecord(bench: "encoder_latency_openblas_p99", threads: 1, batch: 1, tokens: Int(meanLen.rounded()),
-                       value: percentile(latBLAS, 0.99) * 1e3, unit: "ms", gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: smallNote))
+                       gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: "\(main.count) runs"))
+    let available = dr_small_matmul_available() != 0
+    for (path, name, note) in [(Path.small, "encoder_latency_unpacked", available ? "the unpacked few-rows kernel (qkv and fc; OpenBLAS for the others), alternating with the rows above" : "the few-rows kernels are not available on this CPU: the same path as above"),
+                               (Path.openblas, "encoder_latency_openblas", available ? "every GEMM through OpenBLAS, alternating with the rows above" : "the few-rows kernels are not available on this CPU: the same path as above")] {
+        let l = lat[path]!
+        report(BenchRecord(bench: name + "_p50", threads: 1, batch: 1, tokens: Int(meanLen.rounded()),
+                           value: percentile(l, 0.5) * 1e3, unit: "ms", gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: note))
+        report(BenchRecord(bench: name + "_p99", threads: 1, batch: 1, tokens: Int(meanLen.rounded()),
+                           value: percentile(l, 0.99) * 1e3, unit: "ms", gflops: nil, sgemmGflops: nil, ratioToSgemm: nil, note: note))
+    }
     return records
 }
 

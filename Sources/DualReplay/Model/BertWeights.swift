@@ -74,6 +74,39 @@ public final class BertWeights {
 
     public var parameterCount: Int { arena.count }
 
+    private var packedArena: FloatArena?
+    private var packedTable: UnsafeMutablePointer<dr_bert_packed>?
+    private let packLock = NSLock()
+
+    /// Packs the four linear weights of every layer for the few-rows kernel (`dr_bert_pack`:
+    /// the single-utterance path, N <= DR_SMALL_MATMUL_ROWS tokens) and attaches them to `params`.
+    /// Call it only on weights that no longer change: a later write to the arena would not reach
+    /// the packed copy. Idempotent and thread-safe; a no-op on CPUs without the kernel. Costs
+    /// `packedBytes` of memory (42.5 MB for all-MiniLM-L6-v2).
+    public func pack() {
+        packLock.lock()
+        defer { packLock.unlock() }
+        guard packedTable == nil, dr_packed_matmul_isa() != 0 else { return }
+        var cfg = config.kernelConfig
+        let a = FloatArena(count: Int(dr_bert_packed_size(&cfg)))
+        let t = UnsafeMutablePointer<dr_bert_packed>.allocate(capacity: 1)
+        t.initialize(to: dr_bert_packed())
+        var p = params
+        dr_bert_pack(t, a.base, &p, &cfg)
+        packedArena = a
+        packedTable = t
+        params.packed = UnsafePointer(t)
+    }
+
+    /// Bytes held by the packed copy (0 before `pack()` or without the kernel).
+    public var packedBytes: Int {
+        packLock.lock()
+        defer { packLock.unlock() }
+        return (packedArena?.count ?? 0) * MemoryLayout<Float>.size
+    }
+
+    deinit { packedTable?.deallocate() }
+
     /// A randomly initialised encoder (tests, synthetic runs): N(0, 0.02)-like weights, LayerNorm = 1/0.
     public convenience init(config: BertConfig, seed: UInt64) {
         self.init(config: config)

@@ -125,6 +125,7 @@ public final class SentenceEncoder {
         guard tok.vocab.count <= weights.config.vocabSize else {
             throw ModelError.unsupported("\(vocab.path): \(tok.vocab.count) tokens, but the model's embedding table has \(weights.config.vocabSize) rows")
         }
+        weights.pack()  // loaded for inference: frozen from here on
         self.init(weights: weights, tokenizer: tok)
     }
 

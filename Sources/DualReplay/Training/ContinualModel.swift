@@ -106,6 +106,7 @@ public final class ContinualModel {
 
     public init(base: BertWeights, spec: ModelSpec, seed: UInt64) {
         self.base = base
+        if !spec.fullFineTune { base.pack() }  // the base never changes: the few-rows path may pack it
         self.spec = spec
         let L = base.config.layers, C = base.config.hidden
         adapterLayers = spec.adapter ? (spec.adapterLayers ?? Array(0..<L)).sorted() : []
@@ -216,6 +217,7 @@ public final class ContinualModel {
         var cfg = config.kernelConfig
         let baseValues = spec.fullFineTune ? store.value(TensorName.base) : base.arena.base
         dr_bert_params_point(&baseParams, baseValues, &cfg)
+        if !spec.fullFineTune { baseParams.packed = base.params.packed }  // frozen: packed in init
 
         // pointer table: adapter (5 values + 5 grads per slot), LoRA (A,B values + grads)
         ptrs.removeAll()
