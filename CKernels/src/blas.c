@@ -217,29 +217,29 @@ static void transpose_block(float *xt, const float *x, int64_t nr, int64_t C) {
         for (int64_t r = 0; r < 12; r++) xt[c * 12 + r] = r < nr ? x[r * C + c] : 0.0f;
 }
 
-// nr (1..12) rows × np (1 or 2) panels; nr and np are constants at every call site, so the
-// accumulators live in registers (up to 24 of the 32 zmm).
+// nr (1..12) rows × np (1, 2, 4 or 8) panels, nr × np <= 24; nr and np are constants at every
+// call site, so the accumulators live in registers. Few rows take more panels, so that there are
+// enough independent FMA chains to hide the FMA latency.
 DR_INLINE DR_T512 void pk512(const int nr, const int np, float *out, const float *xt, const float *pa,
                              const float *bias, const float *resid, int64_t j, int64_t C, int64_t OC) {
-    __m512 acc0[12], acc1[12];
-    DR_UNROLL for (int r = 0; r < nr; r++) { acc0[r] = _mm512_setzero_ps(); acc1[r] = acc0[r]; }
-    const float *pb = pa + 16 * C;
+    __m512 acc[8][12];
+    DR_UNROLL for (int q = 0; q < np; q++)
+        DR_UNROLL for (int r = 0; r < nr; r++) acc[q][r] = _mm512_setzero_ps();
     for (int64_t c = 0; c < C; c++) {
-        const __m512 w0 = _mm512_loadu_ps(pa + c * 16);
-        const __m512 w1 = np == 2 ? _mm512_loadu_ps(pb + c * 16) : w0;
+        __m512 w[8];
+        DR_UNROLL for (int q = 0; q < np; q++) w[q] = _mm512_loadu_ps(pa + q * 16 * C + c * 16);
         DR_UNROLL for (int r = 0; r < nr; r++) {
             const __m512 xv = _mm512_set1_ps(xt[c * 12 + r]);
-            acc0[r] = _mm512_fmadd_ps(xv, w0, acc0[r]);
-            if (np == 2) acc1[r] = _mm512_fmadd_ps(xv, w1, acc1[r]);
+            DR_UNROLL for (int q = 0; q < np; q++) acc[q][r] = _mm512_fmadd_ps(xv, w[q], acc[q][r]);
         }
     }
-    for (int q = 0; q < np; q++) {
+    DR_UNROLL for (int q = 0; q < np; q++) {
         const int64_t jj = j + 16 * q;
         const int64_t nv = OC - jj < 16 ? OC - jj : 16;
         const __mmask16 m = (__mmask16)((1u << nv) - 1u);
         const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + jj) : _mm512_setzero_ps();
         DR_UNROLL for (int r = 0; r < nr; r++) {
-            __m512 v = q == 0 ? acc0[r] : acc1[r];
+            __m512 v = acc[q][r];
             if (bias) v = _mm512_add_ps(v, bv);
             if (resid) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, resid + r * OC + jj));
             _mm512_mask_storeu_ps(out + r * OC + jj, m, v);
@@ -247,24 +247,42 @@ DR_INLINE DR_T512 void pk512(const int nr, const int np, float *out, const float
     }
 }
 
+// Rows in blocks of at most `most`, as even as possible (13 rows: 7 + 6, not 12 + 1).
+static inline int64_t even_block(int64_t left, int64_t most) {
+    const int64_t blocks = (left + most - 1) / most;
+    return (left + blocks - 1) / blocks;
+}
+
+// One row block (nr rows, constant) over every panel: the widest panel group its registers allow,
+// then narrower ones for the last panels.
+#define DR_PK512_ROW(nr, NPMAX)                                                                     \
+    static DR_T512 void pk512_rows_##nr(float *o, const float *xt, const float *packed,               \
+                                        const float *bias, const float *rs, int64_t P, int64_t C,     \
+                                        int64_t OC) {                                                 \
+        int64_t p = 0;                                                                              \
+        for (; p + NPMAX <= P; p += NPMAX) pk512(nr, NPMAX, o, xt, packed + p * 16 * C, bias, rs, p * 16, C, OC); \
+        if (NPMAX > 2) for (; p + 2 <= P; p += 2) pk512(nr, NPMAX > 2 ? 2 : 1, o, xt, packed + p * 16 * C, bias, rs, p * 16, C, OC); \
+        for (; p < P; p++) pk512(nr, 1, o, xt, packed + p * 16 * C, bias, rs, p * 16, C, OC);      \
+    }
+DR_PK512_ROW(1, 8) DR_PK512_ROW(2, 8) DR_PK512_ROW(3, 4) DR_PK512_ROW(4, 4) DR_PK512_ROW(5, 4)
+DR_PK512_ROW(6, 4) DR_PK512_ROW(7, 2) DR_PK512_ROW(8, 2) DR_PK512_ROW(9, 2) DR_PK512_ROW(10, 2)
+DR_PK512_ROW(11, 2) DR_PK512_ROW(12, 2)
+#undef DR_PK512_ROW
+
 DR_T512 static void packed_matmul_avx512(float *out, const float *inp, const float *packed,
                                          const float *bias, const float *resid, int64_t N,
                                          int64_t C, int64_t OC) {
     const int64_t P = (OC + 15) / 16;
     float *xt = packed_xt;
-    for (int64_t i = 0; i < N; i += 12) {
-        const int64_t nr = N - i < 12 ? N - i : 12;
+    for (int64_t i = 0; i < N;) {
+        const int64_t nr = even_block(N - i, 12);
         transpose_block(xt, inp + i * C, nr, C);
         float *o = out + i * OC;
         const float *rs = resid ? resid + i * OC : NULL;
-        for (int64_t p = 0; p < P; p += 2) {
-            const int np = P - p >= 2 ? 2 : 1;
-            const float *pa = packed + p * 16 * C;
-            const int64_t j = p * 16;
-#define PK512(n) case n: if (np == 2) pk512(n, 2, o, xt, pa, bias, rs, j, C, OC); else pk512(n, 1, o, xt, pa, bias, rs, j, C, OC); break;
-            switch (nr) { PK512(1) PK512(2) PK512(3) PK512(4) PK512(5) PK512(6) PK512(7) PK512(8) PK512(9) PK512(10) PK512(11) PK512(12) }
+#define PK512(n) case n: pk512_rows_##n(o, xt, packed, bias, rs, P, C, OC); break;
+        switch (nr) { PK512(1) PK512(2) PK512(3) PK512(4) PK512(5) PK512(6) PK512(7) PK512(8) PK512(9) PK512(10) PK512(11) PK512(12) }
 #undef PK512
-        }
+        i += nr;
     }
 }
 
@@ -302,14 +320,14 @@ DR_T256 static void packed_matmul_avx2(float *out, const float *inp, const float
                                        int64_t OC) {
     const int64_t P = (OC + 15) / 16;
     float *xt = packed_xt;
-    for (int64_t i = 0; i < N; i += 12) {
-        const int64_t nr = N - i < 12 ? N - i : 12;
+    for (int64_t i = 0; i < N;) {
+        const int64_t nr = even_block(N - i, 12);
         transpose_block(xt, inp + i * C, nr, C);
         for (int64_t p = 0; p < P; p++) {
             const float *pa = packed + p * 16 * C;
             const int64_t j = p * 16;
-            for (int64_t h = 0; h < nr; h += 6) {
-                const int64_t nh = nr - h < 6 ? nr - h : 6;
+            for (int64_t h = 0, nh; h < nr; h += nh) {
+                nh = even_block(nr - h, 6);
                 float *o = out + (i + h) * OC;
                 const float *rs = resid ? resid + (i + h) * OC : NULL;
 #define PK256(n) case n: pk256(n, o, xt + h, pa, bias, rs, j, C, OC); break;
@@ -317,6 +335,7 @@ DR_T256 static void packed_matmul_avx2(float *out, const float *inp, const float
 #undef PK256
             }
         }
+        i += nr;
     }
 }
 #endif
