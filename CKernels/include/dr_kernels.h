@@ -58,9 +58,21 @@ int dr_packed_matmul(float *out, const float *inp, const float *packed, const fl
 int dr_packed_matmul_isa(void);  // the best available: 0, DR_ISA_AVX2 or DR_ISA_AVX512
 void dr_linear_reference(float *out, const float *inp, const float *weight, const float *bias,
                          const float *resid, int64_t N, int64_t C, int64_t OC);
-// out = inp · weightᵀ + bias (+ resid): the packed kernel when packed is given, N <=
-// DR_SMALL_MATMUL_ROWS and the few-rows path is on; otherwise dr_matmul_forward (no resid) or
-// resid + bias followed by OpenBLAS accumulating into it.
+// An executor the CALLER provides, since kernels never start threads: run(ctx, n, fn, arg) calls
+// fn(arg, i) for every i in [0, n), on any threads, and returns when all have returned; at most
+// `workers` run at once. Set per thread (dr_set_thread_executor; NULL: none): dr_packed_matmul then
+// splits large calls by output panels over it. Every output is still the same FMA chain, so the
+// result does not depend on the executor or its worker count.
+typedef struct dr_executor {
+    void (*run)(void *ctx, int64_t n, void (*fn)(void *arg, int64_t i), void *arg);
+    void *ctx;
+    int64_t workers;
+} dr_executor;
+void dr_set_thread_executor(const dr_executor *ex);
+const dr_executor *dr_thread_executor(void);
+// out = inp · weightᵀ + bias (+ resid): the packed kernel when packed is given (the caller
+// decides for which N: dr_bert_params.packed_rows) and the few-rows and packed paths are on;
+// otherwise dr_matmul_forward (no resid) or resid + bias followed by OpenBLAS accumulating into it.
 void dr_linear_forward(float *out, const float *inp, const float *weight, const float *packed,
                        const float *bias, const float *resid, int64_t N, int64_t C, int64_t OC);
 // Turns the packed path of dr_linear_forward on or off (benchmarks; on by default; the few-rows
@@ -166,6 +178,9 @@ typedef struct {
     // Optional packed copies of the frozen linear weights (dr_bert_pack); NULL: none. Set only
     // while the weights above do not change (never for a full fine-tune's parameters).
     const struct dr_bert_packed *packed;
+    // The largest N (token rows) whose linear layers take the packed weights; 0 means
+    // DR_SMALL_MATMUL_ROWS (the single-utterance path). Above it, OpenBLAS.
+    int64_t packed_rows;
 } dr_bert_params;
 
 // The four linear weights of every layer, each (L, dr_packed_linear_size(in, out)).

@@ -257,9 +257,8 @@ static inline int64_t even_block(int64_t left, int64_t most) {
 // then narrower ones for the last panels.
 #define DR_PK512_ROW(nr, NPMAX)                                                                     \
     static DR_T512 void pk512_rows_##nr(float *o, const float *xt, const float *packed,               \
-                                        const float *bias, const float *rs, int64_t P, int64_t C,     \
-                                        int64_t OC) {                                                 \
-        int64_t p = 0;                                                                              \
+                                        const float *bias, const float *rs, int64_t p, int64_t P,     \
+                                        int64_t C, int64_t OC) {                                      \
         for (; p + NPMAX <= P; p += NPMAX) pk512(nr, NPMAX, o, xt, packed + p * 16 * C, bias, rs, p * 16, C, OC); \
         if (NPMAX > 2) for (; p + 2 <= P; p += 2) pk512(nr, NPMAX > 2 ? 2 : 1, o, xt, packed + p * 16 * C, bias, rs, p * 16, C, OC); \
         for (; p < P; p++) pk512(nr, 1, o, xt, packed + p * 16 * C, bias, rs, p * 16, C, OC);      \
@@ -269,17 +268,17 @@ DR_PK512_ROW(6, 4) DR_PK512_ROW(7, 2) DR_PK512_ROW(8, 2) DR_PK512_ROW(9, 2) DR_P
 DR_PK512_ROW(11, 2) DR_PK512_ROW(12, 2)
 #undef DR_PK512_ROW
 
+// Panels [p0, p1) of the output: columns [16 p0, min(16 p1, OC)).
 DR_T512 static void packed_matmul_avx512(float *out, const float *inp, const float *packed,
                                          const float *bias, const float *resid, int64_t N,
-                                         int64_t C, int64_t OC) {
-    const int64_t P = (OC + 15) / 16;
+                                         int64_t C, int64_t OC, int64_t p0, int64_t P) {
     float *xt = packed_xt;
     for (int64_t i = 0; i < N;) {
         const int64_t nr = even_block(N - i, 12);
         transpose_block(xt, inp + i * C, nr, C);
         float *o = out + i * OC;
         const float *rs = resid ? resid + i * OC : NULL;
-#define PK512(n) case n: pk512_rows_##n(o, xt, packed, bias, rs, P, C, OC); break;
+#define PK512(n) case n: pk512_rows_##n(o, xt, packed, bias, rs, p0, P, C, OC); break;
         switch (nr) { PK512(1) PK512(2) PK512(3) PK512(4) PK512(5) PK512(6) PK512(7) PK512(8) PK512(9) PK512(10) PK512(11) PK512(12) }
 #undef PK512
         i += nr;
@@ -317,13 +316,12 @@ DR_INLINE DR_T256 void pk256(const int nr, float *out, const float *xt, const fl
 
 DR_T256 static void packed_matmul_avx2(float *out, const float *inp, const float *packed,
                                        const float *bias, const float *resid, int64_t N, int64_t C,
-                                       int64_t OC) {
-    const int64_t P = (OC + 15) / 16;
+                                       int64_t OC, int64_t p0, int64_t P) {
     float *xt = packed_xt;
     for (int64_t i = 0; i < N;) {
         const int64_t nr = even_block(N - i, 12);
         transpose_block(xt, inp + i * C, nr, C);
-        for (int64_t p = 0; p < P; p++) {
+        for (int64_t p = p0; p < P; p++) {
             const float *pa = packed + p * 16 * C;
             const int64_t j = p * 16;
             for (int64_t h = 0, nh; h < nr; h += nh) {
@@ -350,19 +348,51 @@ int dr_packed_matmul_isa(void) {
 #endif
 }
 
+// One task of a split call: panels [p0, p1) of every row.
+typedef struct {
+    float *out;
+    const float *inp, *packed, *bias, *resid;
+    int64_t N, C, OC, P, tasks;
+    int isa;
+} packed_job;
+
+static void packed_panels(const packed_job *j, int64_t p0, int64_t p1) {
+#ifdef DR_HAVE_SMALL_MATMUL
+    if (p0 >= p1) return;
+    if (j->isa == DR_ISA_AVX512) packed_matmul_avx512(j->out, j->inp, j->packed, j->bias, j->resid, j->N, j->C, j->OC, p0, p1);
+    else packed_matmul_avx2(j->out, j->inp, j->packed, j->bias, j->resid, j->N, j->C, j->OC, p0, p1);
+#else
+    (void)j; (void)p0; (void)p1;
+#endif
+}
+
+// Task t takes an even share of the panels, in groups of 8 (the widest panel group).
+static void packed_task(void *arg, int64_t t) {
+    const packed_job *j = (const packed_job *)arg;
+    const int64_t groups = (j->P + 7) / 8;
+    const int64_t g0 = groups * t / j->tasks, g1 = groups * (t + 1) / j->tasks;
+    packed_panels(j, g0 * 8, g1 * 8 < j->P ? g1 * 8 : j->P);
+}
+
+static _Thread_local const dr_executor *thread_executor = NULL;
+void dr_set_thread_executor(const dr_executor *ex) { thread_executor = ex; }
+const dr_executor *dr_thread_executor(void) { return thread_executor; }
+
 int dr_packed_matmul(float *out, const float *inp, const float *packed, const float *bias,
                      const float *resid, int64_t N, int64_t C, int64_t OC, int isa) {
     const int best = dr_packed_matmul_isa();
     if (isa == 0) isa = best;
     if (isa <= 0 || isa > best || N < 0 || C < 0 || C > DR_PACKED_MAX_C || OC < 0) return 0;
-#ifdef DR_HAVE_SMALL_MATMUL
-    if (isa == DR_ISA_AVX512) packed_matmul_avx512(out, inp, packed, bias, resid, N, C, OC);
-    else packed_matmul_avx2(out, inp, packed, bias, resid, N, C, OC);
+    packed_job j = {out, inp, packed, bias, resid, N, C, OC, (OC + 15) / 16, 1, isa};
+    const dr_executor *ex = thread_executor;
+    // split only work worth a hand-off (about 1 MFLOP per task)
+    if (ex && ex->run && ex->workers > 1 && N * C * OC >= (int64_t)ex->workers * (1 << 19) && j.P >= 16) {
+        j.tasks = ex->workers < (j.P + 7) / 8 ? ex->workers : (j.P + 7) / 8;
+        ex->run(ex->ctx, j.tasks, packed_task, &j);
+    } else {
+        packed_panels(&j, 0, j.P);
+    }
     return isa;
-#else
-    (void)out; (void)inp; (void)packed; (void)bias; (void)resid;
-    return 0;
-#endif
 }
 
 static int packed_matmul_state = 1;
@@ -370,8 +400,7 @@ void dr_set_packed_matmul(int enabled) { __atomic_store_n(&packed_matmul_state, 
 
 void dr_linear_forward(float *out, const float *inp, const float *weight, const float *packed,
                        const float *bias, const float *resid, int64_t N, int64_t C, int64_t OC) {
-    if (packed && N <= DR_SMALL_MATMUL_ROWS && small_matmul_on() &&
-        __atomic_load_n(&packed_matmul_state, __ATOMIC_RELAXED) &&
+    if (packed && small_matmul_on() && __atomic_load_n(&packed_matmul_state, __ATOMIC_RELAXED) &&
         dr_packed_matmul(out, inp, packed, bias, resid, N, C, OC, 0))
         return;
     if (!resid) { dr_matmul_forward(out, inp, weight, bias, N, C, OC); return; }

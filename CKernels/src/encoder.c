@@ -121,6 +121,7 @@ void dr_bert_params_point(dr_bert_params *p, float *base, const dr_bert_config *
         base += s[i];
     }
     p->packed = NULL;
+    p->packed_rows = 0;
 }
 
 size_t dr_bert_packed_size(const dr_bert_config *cfg) {

@@ -52,8 +52,10 @@ size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext
 }
 
 // Layer l's packed copy of one linear weight (NULL without packing).
-#define PACKED(p, field, l, in, out) \
-    ((p)->packed ? (p)->packed->field + (l) * dr_packed_linear_size(in, out) : NULL)
+#define PACKED(p, field, l, in, out)                                                          \
+    ((p)->packed && N <= ((p)->packed_rows > 0 ? (p)->packed_rows : DR_SMALL_MATMUL_ROWS)      \
+         ? (p)->packed->field + (l) * dr_packed_linear_size(in, out)                           \
+         : NULL)
 
 static void adapter_fwd(float *out, const dr_ext_acts *xa, float *scratch, const float *inp,
                         const dr_bert_ext *ext, int64_t s, const int64_t *cu, int64_t B,

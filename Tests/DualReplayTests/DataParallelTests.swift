@@ -32,15 +32,41 @@ import Testing
 
     /// Parameters after `steps` AdamW steps on the same batches.
     /// `blasThreads` nil leaves BLAS as it is (ranks sharing one process must not change it).
-    static func train(_ configure: (inout ModelSpec) -> Void, chunking: ChunkedReduction?, blasThreads: Int32? = 1, steps: Int = 4) throws -> [Float] {
+    static func train(_ configure: (inout ModelSpec) -> Void, chunking: ChunkedReduction?, blasThreads: Int32? = 1, steps: Int = 4,
+                      packedGemm: Bool = false) throws -> [Float] {
         let m = TrainingTests.model(configure)
         m.chunking = chunking
+        if packedGemm {
+            m.packedRows = .max
+            m.rebuildViews()
+        }
         let saved = dr_blas_get_threads()
         if let blasThreads { dr_blas_set_threads(blasThreads) }
         defer { if blasThreads != nil { dr_blas_set_threads(saved) } }
         let adam = AdamWStep(config: OptimizerConfig())
         for s in 0..<steps { _ = try m.trainStep(batch(m, seed: UInt64(s)), weights: weights, optimizer: adam, lr: 1e-2) }
         return Array(m.store.values.buffer)
+    }
+
+    /// `training.packedGemm`: every frozen linear layer through the packed kernel. Other bits than
+    /// OpenBLAS (the test would be vacuous otherwise) but the same training to rounding, and the
+    /// same bits at 1, 2 and 3 threads (BLAS's and the kernel executor's), plain or chunked.
+    @Test func packedGemmIsCloseToOpenBLASAndThreadIndependent() throws {
+        guard dr_packed_matmul_isa() != 0 else { return }
+        let spec: (inout ModelSpec) -> Void = { $0.adapter = true }
+        let plain = try Self.train(spec, chunking: nil)
+        let saved = Parallelism.threads
+        defer { setComputeThreads(saved) }
+        setComputeThreads(1)
+        let one = try Self.train(spec, chunking: nil, blasThreads: nil, packedGemm: true)
+        #expect(one != plain, "the packed path did not run")
+        #expect(zip(plain, one).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($0)) }, "packed training drifted from OpenBLAS's")
+        for t in [2, 3] {
+            setComputeThreads(t)
+            #expect(try Self.train(spec, chunking: nil, blasThreads: nil, packedGemm: true) == one, "\(t) threads differ from 1")
+            #expect(try Self.train(spec, chunking: ChunkedReduction(chunkSize: 64, threads: t), blasThreads: nil, packedGemm: true) == one,
+                    "one chunk on \(t) threads differs from the plain pass")
+        }
     }
 
     @Test func chunkedGradientsMatchFiniteDifferences() throws {

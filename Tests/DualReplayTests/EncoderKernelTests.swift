@@ -160,6 +160,39 @@ import Testing
                                  1, Int64(big), 1, 0) == 0 && out == [7])
     }
 
+    /// A large packed call split by output panels over an executor (2, 3 and 5 workers, tasks on
+    /// Dispatch's threads) gives the serial call's bits, and really was split.
+    @Test func packedMatmulOverAnExecutorIsTheSerialResult() {
+        guard dr_packed_matmul_isa() != 0 else { return }
+        var rng = SeededRandom(seed: 41)
+        final class Count: @unchecked Sendable { var tasks = 0 }
+        for (N, C, OC) in [(64, 384, 1152), (40, 1536, 384), (300, 384, 384)] {
+            let w = rng.floats(OC * C), b = rng.floats(OC), x = rng.floats(N * C), r = rng.floats(N * OC)
+            var packed = [Float](repeating: 0, count: Int(dr_packed_linear_size(Int64(C), Int64(OC))))
+            dr_pack_linear(&packed, w, Int64(C), Int64(OC))
+            var serial = [Float](repeating: 0, count: N * OC)
+            dr_set_thread_executor(nil)
+            #expect(dr_packed_matmul(&serial, x, packed, b, r, Int64(N), Int64(C), Int64(OC), 0) != 0)
+            for workers in [2, 3, 5] {
+                let count = Count()
+                let ex = UnsafeMutablePointer<dr_executor>.allocate(capacity: 1)
+                defer { ex.deallocate() }
+                ex.initialize(to: dr_executor(run: { ctx, n, fn, arg in
+                    let c = Unmanaged<Count>.fromOpaque(ctx!).takeUnretainedValue()
+                    c.tasks += Int(n)
+                    nonisolated(unsafe) let fn = fn!, arg = arg
+                    DispatchQueue.concurrentPerform(iterations: Int(n)) { i in fn(arg, Int64(i)) }
+                }, ctx: Unmanaged.passUnretained(count).toOpaque(), workers: Int64(workers)))
+                var split = [Float](repeating: .nan, count: N * OC)
+                dr_set_thread_executor(ex)
+                #expect(dr_packed_matmul(&split, x, packed, b, r, Int64(N), Int64(C), Int64(OC), 0) != 0)
+                dr_set_thread_executor(nil)
+                #expect(count.tasks > 1, "N \(N) C \(C) OC \(OC): not split over \(workers) workers")
+                #expect(split.map(\.bitPattern) == serial.map(\.bitPattern), "N \(N) C \(C) OC \(OC), \(workers) workers")
+            }
+        }
+    }
+
     /// Packing the frozen encoder: the single-utterance path (N <= DR_SMALL_MATMUL_ROWS) runs the
     /// packed kernel (other bits than without it, the same values to rounding) and a batch above
     /// that size gives exactly the bits of the unpacked encoder.

@@ -189,7 +189,8 @@ func arenaBytes(_ cfg: BertConfig, _ model: ContinualModel, tokens N: Int, probs
 
 /// `chunk`: data-parallel chunks of that many rows on the bench's threads (`ChunkedReduction`,
 /// single-threaded BLAS per chunk) instead of one pass with BLAS's own threads.
-struct MethodCase { let name: String; let spec: ModelSpec; let fixedLength: Int?; var chunk: Int? = nil }
+/// `packed`: every frozen linear layer through the packed kernel (`training.packedGemm`).
+struct MethodCase { let name: String; let spec: ModelSpec; let fixedLength: Int?; var chunk: Int? = nil; var packed = false }
 
 func trainCases(_ o: BenchOptions) -> [MethodCase] {
     var adapter = ModelSpec()
@@ -201,6 +202,7 @@ func trainCases(_ o: BenchOptions) -> [MethodCase] {
     var upper = adapter
     upper.adapterLayers = [3, 4, 5]  // adapters on the upper half: the backward stops at layer 3
     let all = [MethodCase(name: "adapter", spec: adapter, fixedLength: nil),
+               MethodCase(name: "adapter-packed", spec: adapter, fixedLength: nil, packed: true),
                MethodCase(name: "adapter-t16", spec: adapter, fixedLength: 16),
                MethodCase(name: "adapter-c8", spec: adapter, fixedLength: nil, chunk: 8),
                MethodCase(name: "adapter-c16", spec: adapter, fixedLength: nil, chunk: 16),
@@ -236,6 +238,11 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
             let rec: TrainRecord = try {
                 let model = ContinualModel(base: encoder.weights, spec: c.spec, seed: 7)
                 model.chunking = c.chunk.map { ChunkedReduction(chunkSize: $0, threads: threads) }
+                if c.packed {
+                    var t = TrainingDefaults()
+                    t.packedGemm = true
+                    model.useParallelism(t, inference: model.inference)
+                }
                 for d in data.domains { model.addDomain(name: d.name, intents: d.intents) }
                 var batches: [TrainingBatch] = [], packed: [PackedBatch] = []
                 for b in 0..<nBatches {

@@ -30,6 +30,13 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
     /// (`DataParallelTests.parallelInferenceChunksAreTheInOrderRun`), so it is not part of the
     /// protocol hash: a speed choice only.
     public var parallelInference: Bool?
+    /// Every linear layer of the frozen encoder through the packed-weight kernel
+    /// (`dr_packed_matmul`: one FMA chain per output, split over the run's threads by output
+    /// panels), not only the single-utterance path. Faster than OpenBLAS on the machines measured
+    /// (docs/RESULTS.md, stop 16) and independent of the thread count by construction, but other
+    /// bits than OpenBLAS's sums, so it is part of the protocol hash. Off by default until its R
+    /// matrices have been compared on a full protocol.
+    public var packedGemm: Bool = false
     public init() {}
 
     /// Bounds of every field, named `training.<field>`.
@@ -62,7 +69,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
 
 extension TrainingDefaults {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB, parallelInference
+        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB, parallelInference, packedGemm
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
@@ -79,6 +86,7 @@ extension TrainingDefaults {
         gradientChunk = try c.decodeIfPresent(Int.self, forKey: .gradientChunk) ?? d.gradientChunk
         prefixCacheMB = try c.decodeIfPresent(Int.self, forKey: .prefixCacheMB) ?? d.prefixCacheMB
         parallelInference = try c.decodeIfPresent(Bool.self, forKey: .parallelInference)
+        packedGemm = try c.decodeIfPresent(Bool.self, forKey: .packedGemm) ?? d.packedGemm
     }
 }
 

@@ -217,7 +217,10 @@ public final class ContinualModel {
         var cfg = config.kernelConfig
         let baseValues = spec.fullFineTune ? store.value(TensorName.base) : base.arena.base
         dr_bert_params_point(&baseParams, baseValues, &cfg)
-        if !spec.fullFineTune { baseParams.packed = base.params.packed }  // frozen: packed in init
+        if !spec.fullFineTune {  // frozen: packed in init
+            baseParams.packed = base.params.packed
+            baseParams.packed_rows = packedRows
+        }
 
         // pointer table: adapter (5 values + 5 grads per slot), LoRA (A,B values + grads)
         ptrs.removeAll()
@@ -441,7 +444,13 @@ public final class ContinualModel {
             ? ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: inference.collective) : nil
         self.inference = inference
         inferenceThreads = training.parallelInference ?? false ? Parallelism.threads : 1
+        packedRows = training.packedGemm ? Int64.max : 0
+        baseParams.packed_rows = spec.fullFineTune ? 0 : packedRows
     }
+
+    /// The largest batch (token rows) whose frozen linear layers take the packed kernel
+    /// (`dr_bert_params.packed_rows`; 0: the single-utterance path only, `training.packedGemm`: all).
+    public internal(set) var packedRows: Int64 = 0
 
     /// The workers of this model's inference maps: worker t runs its chunks in worker context
     /// t's buffers. nil at one thread, and inside a worker (a map nested in a chunk runs in order).
