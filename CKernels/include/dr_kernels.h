@@ -53,6 +53,10 @@ void dr_set_small_matmul(int enabled);
 #define DR_PACKED_MAX_C 4096  // larger C: dr_packed_matmul returns 0
 int64_t dr_packed_linear_size(int64_t C, int64_t OC);
 void dr_pack_linear(float *packed, const float *weight, int64_t C, int64_t OC);
+// The same for the other product with weight (OC,C), dinp (N,C) += dout (N,OC) · weight: packs
+// weightᵀ as a (C, OC) linear weight, dr_packed_linear_size(OC, C) floats, for
+// dr_packed_matmul(dinp, dout, packed, NULL, dinp, N, OC, C, isa).
+void dr_pack_linear_t(float *packed, const float *weight, int64_t C, int64_t OC);
 int dr_packed_matmul(float *out, const float *inp, const float *packed, const float *bias,
                      const float *resid, int64_t N, int64_t C, int64_t OC, int isa);
 int dr_packed_matmul_isa(void);  // the best available: 0, DR_ISA_AVX2 or DR_ISA_AVX512
@@ -78,6 +82,7 @@ void dr_linear_forward(float *out, const float *inp, const float *weight, const 
 // Turns the packed path of dr_linear_forward on or off (benchmarks; on by default; the few-rows
 // switch dr_set_small_matmul(0) turns both off).
 void dr_set_packed_matmul(int enabled);
+int dr_linear_forward_packed_ok(void);  // both switches on (the packed path may run)
 // dinp (N,C) += dout · weight; dweight (OC,C) += doutᵀ · inp; dbias (OC) += Σ_rows dout.
 // Any of dinp, dweight, dbias may be NULL (skipped).
 void dr_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -186,10 +191,16 @@ typedef struct {
 // The four linear weights of every layer, each (L, dr_packed_linear_size(in, out)).
 typedef struct dr_bert_packed {
     const float *qkv, *ao, *fc, *proj;
+    // For the backward pass's dinp += dout · W of the frozen layers (dr_pack_linear_t; each
+    // (L, dr_packed_linear_size(out, in))); NULL: OpenBLAS.
+    const float *qkv_t, *ao_t, *fc_t, *proj_t;
 } dr_bert_packed;
 size_t dr_bert_packed_size(const dr_bert_config *cfg);
 // Packs p's linear weights into dst (dr_bert_packed_size floats) and points pk into it.
 void dr_bert_pack(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const dr_bert_config *cfg);
+// The transposed packs (dr_bert_packed_t_size floats) into dst, pointed to by pk's *_t.
+size_t dr_bert_packed_t_size(const dr_bert_config *cfg);
+void dr_bert_pack_t(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const dr_bert_config *cfg);
 
 // Fills sizes[DR_BERT_NUM_PARAMS] (floats, in struct order) and returns their sum.
 size_t dr_bert_param_sizes(const dr_bert_config *cfg, size_t *sizes);

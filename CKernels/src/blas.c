@@ -175,6 +175,18 @@ void dr_pack_linear(float *packed, const float *weight, int64_t C, int64_t OC) {
     }
 }
 
+void dr_pack_linear_t(float *packed, const float *weight, int64_t C, int64_t OC) {
+    const int64_t P = (C + 15) / 16;
+    for (int64_t p = 0; p < P; p++) {
+        float *dst = packed + p * 16 * OC;
+        for (int64_t o = 0; o < OC; o++)
+            for (int64_t q = 0; q < 16; q++) {
+                const int64_t c = p * 16 + q;
+                dst[o * 16 + q] = c < C ? weight[o * C + c] : 0.0f;
+            }
+    }
+}
+
 void dr_linear_reference(float *out, const float *inp, const float *weight, const float *bias,
                          const float *resid, int64_t N, int64_t C, int64_t OC) {
     for (int64_t i = 0; i < N; i++)
@@ -397,6 +409,10 @@ int dr_packed_matmul(float *out, const float *inp, const float *packed, const fl
 
 static int packed_matmul_state = 1;
 void dr_set_packed_matmul(int enabled) { __atomic_store_n(&packed_matmul_state, enabled != 0, __ATOMIC_RELAXED); }
+
+int dr_linear_forward_packed_ok(void) {
+    return small_matmul_on() && __atomic_load_n(&packed_matmul_state, __ATOMIC_RELAXED);
+}
 
 void dr_linear_forward(float *out, const float *inp, const float *weight, const float *packed,
                        const float *bias, const float *resid, int64_t N, int64_t C, int64_t OC) {

@@ -144,6 +144,26 @@ void dr_bert_pack(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const
     pk->qkv = q; pk->ao = o; pk->fc = f; pk->proj = r;
 }
 
+size_t dr_bert_packed_t_size(const dr_bert_config *cfg) {
+    const int64_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
+    return (size_t)(L * (dr_packed_linear_size(3 * C, C) + dr_packed_linear_size(C, C) +
+                         dr_packed_linear_size(I, C) + dr_packed_linear_size(C, I)));
+}
+
+void dr_bert_pack_t(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const dr_bert_config *cfg) {
+    const int64_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
+    const int64_t sq = dr_packed_linear_size(3 * C, C), so = dr_packed_linear_size(C, C),
+                  sf = dr_packed_linear_size(I, C), sp = dr_packed_linear_size(C, I);
+    float *q = dst, *o = q + L * sq, *f = o + L * so, *r = f + L * sf;
+    for (int64_t l = 0; l < L; l++) {
+        dr_pack_linear_t(q + l * sq, p->qkv_w + l * 3 * C * C, C, 3 * C);
+        dr_pack_linear_t(o + l * so, p->ao_w + l * C * C, C, C);
+        dr_pack_linear_t(f + l * sf, p->fc_w + l * I * C, C, I);
+        dr_pack_linear_t(r + l * sp, p->proj_w + l * C * I, I, C);
+    }
+    pk->qkv_t = q; pk->ao_t = o; pk->fc_t = f; pk->proj_t = r;
+}
+
 size_t dr_bert_act_sizes(const dr_bert_config *cfg, int64_t N, int64_t PS, size_t *s) {
     const size_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
     s[0] = N * C;            // emb

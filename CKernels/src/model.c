@@ -57,6 +57,19 @@ size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext
          ? (p)->packed->field + (l) * dr_packed_linear_size(in, out)                           \
          : NULL)
 
+// dinp (N,C) += dout (N,OC) · W (OC,C) of a frozen weight: through its transposed pack when
+// there is one for this N (layer l's slice of packed->field), else OpenBLAS.
+#define FROZEN_DINP(p, field, l, dinp, dout, W, N, C, OC)                                       \
+    do {                                                                                        \
+        const float *pt_ = (p)->packed && (p)->packed->field &&                                 \
+                                   (N) <= ((p)->packed_rows > 0 ? (p)->packed_rows : DR_SMALL_MATMUL_ROWS) \
+                               ? (p)->packed->field + (l) * dr_packed_linear_size(OC, C)        \
+                               : NULL;                                                          \
+        if (!pt_ || !dr_linear_forward_packed_ok() ||                                           \
+            !dr_packed_matmul(dinp, dout, pt_, NULL, dinp, N, OC, C, 0))                        \
+            dr_matmul_backward(dinp, NULL, NULL, dout, NULL, W, N, C, OC);                      \
+    } while (0)
+
 static void adapter_fwd(float *out, const dr_ext_acts *xa, float *scratch, const float *inp,
                         const dr_bert_ext *ext, int64_t s, const int64_t *cu, int64_t B,
                         int64_t N, int64_t C) {
@@ -210,18 +223,18 @@ void dr_bert_backward(dr_bert_params *g, dr_bert_ext_grads *xg, float *dhidden_o
             dfo = dtmp;
         }
         memset(dfch, 0, N * I * sizeof(float));  // holds d gelu-output first
-        dr_matmul_backward(dfch, g ? OFF(g->proj_w, l * C * I) : NULL, g ? OFF(g->proj_b, l * C) : NULL,
-                           dfo, fchg, p->proj_w + l * C * I, N, I, C);
+        if (g) dr_matmul_backward(dfch, OFF(g->proj_w, l * C * I), OFF(g->proj_b, l * C), dfo, fchg, p->proj_w + l * C * I, N, I, C);
+        else FROZEN_DINP(p, proj_t, l, dfch, dfo, p->proj_w + l * C * I, N, I, C);
         for (int64_t i = 0; i < N * I; i++) dfch[i] *= dr_gelu_grad(fch[i]);  // GELU backward in place
-        dr_matmul_backward(dln1, g ? OFF(g->fc_w, l * I * C) : NULL, g ? OFF(g->fc_b, l * I) : NULL,
-                           dfch, ln1, p->fc_w + l * I * C, N, C, I);
+        if (g) dr_matmul_backward(dln1, OFF(g->fc_w, l * I * C), OFF(g->fc_b, l * I), dfch, ln1, p->fc_w + l * I * C, N, C, I);
+        else FROZEN_DINP(p, fc_t, l, dln1, dfch, p->fc_w + l * I * C, N, C, I);
         memset(dres, 0, N * C * sizeof(float));
         dr_layernorm_backward(dres, g ? OFF(g->ln1_w, l * C) : NULL, g ? OFF(g->ln1_b, l * C) : NULL,
                               dln1, res1, p->ln1_w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
         memcpy(dnext, dres, N * C * sizeof(float));  // residual into x
         memset(datty, 0, N * C * sizeof(float));
-        dr_matmul_backward(datty, g ? OFF(g->ao_w, l * C * C) : NULL, g ? OFF(g->ao_b, l * C) : NULL,
-                           dres, atty, p->ao_w + l * C * C, N, C, C);
+        if (g) dr_matmul_backward(datty, OFF(g->ao_w, l * C * C), OFF(g->ao_b, l * C), dres, atty, p->ao_w + l * C * C, N, C, C);
+        else FROZEN_DINP(p, ao_t, l, datty, dres, p->ao_w + l * C * C, N, C, C);
         memset(dqkv, 0, N * 3 * C * sizeof(float));
         dr_attention_backward(dqkv, att_scratch, datty, qkv, a->probs + l * PS, cu_seqlens, B, C, NH);
         for (int64_t k = 0; ext && k < ext->n_lora; k++) {
@@ -233,8 +246,8 @@ void dr_bert_backward(dr_bert_params *g, dr_bert_ext_grads *xg, float *dhidden_o
                                  ext->lora_B[idx], ext->lora_scale[k], N, C, C, ext->lora_R);
             }
         }
-        dr_matmul_backward(dnext, g ? OFF(g->qkv_w, l * 3 * C * C) : NULL, g ? OFF(g->qkv_b, l * 3 * C) : NULL,
-                           dqkv, x, p->qkv_w + l * 3 * C * C, N, C, 3 * C);
+        if (g) dr_matmul_backward(dnext, OFF(g->qkv_w, l * 3 * C * C), OFF(g->qkv_b, l * 3 * C), dqkv, x, p->qkv_w + l * 3 * C * C, N, C, 3 * C);
+        else FROZEN_DINP(p, qkv_t, l, dnext, dqkv, p->qkv_w + l * 3 * C * C, N, C, 3 * C);
         float *t = dcur; dcur = dnext; dnext = t;
     }
     if (stop_layer == 0 && g && (g->wte || g->wpe || g->wtt || g->ln_e_w || g->ln_e_b)) {

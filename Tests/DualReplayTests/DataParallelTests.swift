@@ -37,8 +37,10 @@ import Testing
         let m = TrainingTests.model(configure)
         m.chunking = chunking
         if packedGemm {
-            m.packedRows = .max
-            m.rebuildViews()
+            var t = TrainingDefaults()
+            t.packedGemm = true
+            m.useParallelism(t, inference: m.inference)
+            m.chunking = chunking
         }
         let saved = dr_blas_get_threads()
         if let blasThreads { dr_blas_set_threads(blasThreads) }
@@ -61,6 +63,13 @@ import Testing
         let one = try Self.train(spec, chunking: nil, blasThreads: nil, packedGemm: true)
         #expect(one != plain, "the packed path did not run")
         #expect(zip(plain, one).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($0)) }, "packed training drifted from OpenBLAS's")
+        // the transposed packs for the backward pass are there, and the gradients are still right
+        let m = TrainingTests.model(spec)
+        var t = TrainingDefaults()
+        t.packedGemm = true
+        m.useParallelism(t, inference: m.inference)
+        #expect(m.baseParams.packed?.pointee.qkv_t != nil)
+        try TrainingTests.checkModelGradients(m, name: "packedGemm adapter", groups: ["adapter", "gate", "head"])
         for t in [2, 3] {
             setComputeThreads(t)
             #expect(try Self.train(spec, chunking: nil, blasThreads: nil, packedGemm: true) == one, "\(t) threads differ from 1")

@@ -155,6 +155,23 @@ import Testing
                 }
             }
         }
+        // the transposed pack: dout · W through dr_pack_linear_t is the reference on Wᵀ, accumulating
+        for (C, OC) in [(40, 33), (384, 1152)] {
+            let w = rng.floats(OC * C), N = 13
+            let dout = rng.floats(N * OC), acc = rng.floats(N * C)
+            var wt = [Float](repeating: 0, count: C * OC)
+            for o in 0..<OC { for c in 0..<C { wt[c * OC + o] = w[o * C + c] } }
+            var ref = [Float](repeating: 0, count: N * C)
+            dr_linear_reference(&ref, dout, wt, nil, acc, Int64(N), Int64(OC), Int64(C))
+            var packedT = [Float](repeating: .nan, count: Int(dr_packed_linear_size(Int64(OC), Int64(C))))
+            dr_pack_linear_t(&packedT, w, Int64(C), Int64(OC))
+            var got = acc
+            let used = got.withUnsafeMutableBufferPointer { g in
+                dr_packed_matmul(g.baseAddress, dout, packedT, nil, g.baseAddress, Int64(N), Int64(OC), Int64(C), 0)
+            }
+            #expect(used != 0)
+            #expect(got.map(\.bitPattern) == ref.map(\.bitPattern), "transposed pack C \(C) OC \(OC)")
+        }
         let big = Int(DR_PACKED_MAX_C) + 1
         #expect(dr_packed_matmul(&out, [Float](repeating: 1, count: big), [Float](repeating: 1, count: 16 * big), nil, nil,
                                  1, Int64(big), 1, 0) == 0 && out == [7])

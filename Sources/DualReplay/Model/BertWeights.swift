@@ -98,11 +98,27 @@ public final class BertWeights {
         params.packed = UnsafePointer(t)
     }
 
-    /// Bytes held by the packed copy (0 before `pack()` or without the kernel).
+    private var packedTArena: FloatArena?
+
+    /// Also packs the transposed weights for the backward pass's input gradients (`dr_bert_pack_t`,
+    /// another `packedBytes`), after `pack()`. For `training.packedGemm`; the same rules as `pack()`.
+    public func packTransposed() {
+        pack()
+        packLock.lock()
+        defer { packLock.unlock() }
+        guard let t = packedTable, packedTArena == nil else { return }
+        var cfg = config.kernelConfig
+        let a = FloatArena(count: Int(dr_bert_packed_t_size(&cfg)))
+        var p = params
+        dr_bert_pack_t(t, a.base, &p, &cfg)
+        packedTArena = a
+    }
+
+    /// Bytes held by the packed copies (0 before `pack()` or without the kernel).
     public var packedBytes: Int {
         packLock.lock()
         defer { packLock.unlock() }
-        return (packedArena?.count ?? 0) * MemoryLayout<Float>.size
+        return ((packedArena?.count ?? 0) + (packedTArena?.count ?? 0)) * MemoryLayout<Float>.size
     }
 
     deinit { packedTable?.deallocate() }

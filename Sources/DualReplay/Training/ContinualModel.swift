@@ -445,6 +445,7 @@ public final class ContinualModel {
         self.inference = inference
         inferenceThreads = training.parallelInference ?? false ? Parallelism.threads : 1
         packedRows = training.packedGemm ? Int64.max : 0
+        if training.packedGemm && !spec.fullFineTune { base.packTransposed() }
         baseParams.packed_rows = spec.fullFineTune ? 0 : packedRows
     }
 
