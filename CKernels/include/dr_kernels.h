@@ -65,7 +65,7 @@ void dr_linear_reference(float *out, const float *inp, const float *weight, cons
 // An executor the CALLER provides, since kernels never start threads: run(ctx, n, fn, arg) calls
 // fn(arg, i) for every i in [0, n), on any threads, and returns when all have returned; at most
 // `workers` run at once. Set per thread (dr_set_thread_executor; NULL: none): dr_packed_matmul then
-// splits large calls by output panels over it. Every output is still the same FMA chain, so the
+// splits large calls over it, by rows (from 24 rows per worker) or by output panels. Every output is still the same FMA chain, so the
 // result does not depend on the executor or its worker count.
 typedef struct dr_executor {
     void (*run)(void *ctx, int64_t n, void (*fn)(void *arg, int64_t i), void *arg);

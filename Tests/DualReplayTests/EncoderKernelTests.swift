@@ -155,6 +155,20 @@ import Testing
                 }
             }
         }
+        // training-sized calls, where the weights go in column blocks swept over every row block
+        // (more panels than one block holds at C 384 and at C 1536), still the reference's bits
+        for (C, OC, N) in [(384, 520, 61), (1536, 390, 30), (64, 300, 40)] {
+            let w = rng.floats(OC * C), b = rng.floats(OC), x = rng.floats(N * C), r = rng.floats(N * OC)
+            var packed = [Float](repeating: .nan, count: Int(dr_packed_linear_size(Int64(C), Int64(OC))))
+            dr_pack_linear(&packed, w, Int64(C), Int64(OC))
+            var ref = [Float](repeating: 0, count: N * OC)
+            dr_linear_reference(&ref, x, w, b, r, Int64(N), Int64(C), Int64(OC))
+            for isa in isas {
+                var got = [Float](repeating: .nan, count: N * OC)
+                #expect(dr_packed_matmul(&got, x, packed, b, r, Int64(N), Int64(C), Int64(OC), isa) == isa)
+                #expect(got.map(\.bitPattern) == ref.map(\.bitPattern), "ISA \(isa) N \(N) C \(C) OC \(OC): blocked call differs")
+            }
+        }
         // the transposed pack: dout · W through dr_pack_linear_t is the reference on Wᵀ, accumulating
         for (C, OC) in [(40, 33), (384, 1152)] {
             let w = rng.floats(OC * C), N = 13
@@ -177,7 +191,7 @@ import Testing
                                  1, Int64(big), 1, 0) == 0 && out == [7])
     }
 
-    /// A large packed call split by output panels over an executor (2, 3 and 5 workers, tasks on
+    /// A large packed call split by rows or output panels over an executor (2, 3 and 5 workers, tasks on
     /// Dispatch's threads) gives the serial call's bits, and really was split.
     @Test func packedMatmulOverAnExecutorIsTheSerialResult() {
         guard dr_packed_matmul_isa() != 0 else { return }

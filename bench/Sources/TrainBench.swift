@@ -206,6 +206,7 @@ func trainCases(_ o: BenchOptions) -> [MethodCase] {
                MethodCase(name: "adapter-t16", spec: adapter, fixedLength: 16),
                MethodCase(name: "adapter-c8", spec: adapter, fixedLength: nil, chunk: 8),
                MethodCase(name: "adapter-c16", spec: adapter, fixedLength: nil, chunk: 16),
+               MethodCase(name: "adapter-packed-c16", spec: adapter, fixedLength: nil, chunk: 16, packed: true),
                MethodCase(name: "adapter-upper", spec: upper, fixedLength: nil),
                MethodCase(name: "adapter-upper-c8", spec: upper, fixedLength: nil, chunk: 8),
                MethodCase(name: "lora", spec: lora, fixedLength: nil),
@@ -237,12 +238,12 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
             // the model and its workspaces live in this scope only, so the next case starts clean
             let rec: TrainRecord = try {
                 let model = ContinualModel(base: encoder.weights, spec: c.spec, seed: 7)
-                model.chunking = c.chunk.map { ChunkedReduction(chunkSize: $0, threads: threads) }
                 if c.packed {
                     var t = TrainingDefaults()
                     t.packedGemm = true
                     model.useParallelism(t, inference: model.inference)
                 }
+                model.chunking = c.chunk.map { ChunkedReduction(chunkSize: $0, threads: threads) }  // after: useParallelism sets it
                 for d in data.domains { model.addDomain(name: d.name, intents: d.intents) }
                 var batches: [TrainingBatch] = [], packed: [PackedBatch] = []
                 for b in 0..<nBatches {
