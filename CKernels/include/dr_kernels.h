@@ -83,6 +83,26 @@ void dr_linear_forward(float *out, const float *inp, const float *weight, const 
 // switch dr_set_small_matmul(0) turns both off).
 void dr_set_packed_matmul(int enabled);
 int dr_linear_forward_packed_ok(void);  // both switches on (the packed path may run)
+
+// bfloat16 frozen linear layers (bf16.c; training.frozenPrecision "bf16"). The weight (OC,C) is
+// rounded to bfloat16 (to nearest even) and packed into dr_packed_linear_size_bf16(C, OC) 32-bit
+// words: panels of 16 outputs, inputs in pairs. dr_packed_matmul_bf16: out (N,OC) = round(inp) ·
+// round(weight)ᵀ + bias (+ resid), products exact, sums in fp32, through AVX512-BF16; split over
+// the calling thread's executor like dr_packed_matmul (same bits for any worker count). Returns 0
+// (nothing written) without AVX512-BF16 or above DR_PACKED_MAX_C. dr_linear_reference_bf16 is the
+// plain C meaning of it (pairs in order, the odd product first, as vdpbf16ps documents).
+int dr_bf16_available(void);
+uint32_t dr_bf16_bits(float f);
+float dr_bf16_round(float f);
+int64_t dr_packed_linear_size_bf16(int64_t C, int64_t OC);
+void dr_pack_linear_bf16(uint32_t *packed, const float *weight, int64_t C, int64_t OC);
+// weightᵀ as a (C, OC) weight (dr_packed_linear_size_bf16(OC, C) words): dinp += dout · weight is
+// dr_packed_matmul_bf16(dinp, dout, packed_t, NULL, dinp, N, OC, C).
+void dr_pack_linear_t_bf16(uint32_t *packed, const float *weight, int64_t C, int64_t OC);
+int dr_packed_matmul_bf16(float *out, const float *inp, const uint32_t *packed, const float *bias,
+                          const float *resid, int64_t N, int64_t C, int64_t OC);
+void dr_linear_reference_bf16(float *out, const float *inp, const float *weight, const float *bias,
+                              const float *resid, int64_t N, int64_t C, int64_t OC);
 // dinp (N,C) += dout · weight; dweight (OC,C) += doutᵀ · inp; dbias (OC) += Σ_rows dout.
 // Any of dinp, dweight, dbias may be NULL (skipped).
 void dr_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -194,6 +214,10 @@ typedef struct dr_bert_packed {
     // For the backward pass's dinp += dout · W of the frozen layers (dr_pack_linear_t; each
     // (L, dr_packed_linear_size(out, in))); NULL: OpenBLAS.
     const float *qkv_t, *ao_t, *fc_t, *proj_t;
+    // bfloat16 packs (dr_bert_pack_bf16): when set, they replace the above for the rows the
+    // packed path takes, forward (qkv16..) and the backward's dinp (qkv_t16..); NULL: none.
+    const uint32_t *qkv16, *ao16, *fc16, *proj16;
+    const uint32_t *qkv_t16, *ao_t16, *fc_t16, *proj_t16;
 } dr_bert_packed;
 size_t dr_bert_packed_size(const dr_bert_config *cfg);
 // Packs p's linear weights into dst (dr_bert_packed_size floats) and points pk into it.
@@ -201,6 +225,9 @@ void dr_bert_pack(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const
 // The transposed packs (dr_bert_packed_t_size floats) into dst, pointed to by pk's *_t.
 size_t dr_bert_packed_t_size(const dr_bert_config *cfg);
 void dr_bert_pack_t(dr_bert_packed *pk, float *dst, const dr_bert_params *p, const dr_bert_config *cfg);
+// Both bfloat16 packs (forward and transposed; dr_bert_packed_bf16_size words) into dst.
+size_t dr_bert_packed_bf16_size(const dr_bert_config *cfg);
+void dr_bert_pack_bf16(dr_bert_packed *pk, uint32_t *dst, const dr_bert_params *p, const dr_bert_config *cfg);
 
 // Fills sizes[DR_BERT_NUM_PARAMS] (floats, in struct order) and returns their sum.
 size_t dr_bert_param_sizes(const dr_bert_config *cfg, size_t *sizes);

@@ -164,6 +164,36 @@ void dr_bert_pack_t(dr_bert_packed *pk, float *dst, const dr_bert_params *p, con
     pk->qkv_t = q; pk->ao_t = o; pk->fc_t = f; pk->proj_t = r;
 }
 
+size_t dr_bert_packed_bf16_size(const dr_bert_config *cfg) {
+    const int64_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
+    return (size_t)(L * (dr_packed_linear_size_bf16(C, 3 * C) + dr_packed_linear_size_bf16(C, C) +
+                         dr_packed_linear_size_bf16(C, I) + dr_packed_linear_size_bf16(I, C) +
+                         dr_packed_linear_size_bf16(3 * C, C) + dr_packed_linear_size_bf16(C, C) +
+                         dr_packed_linear_size_bf16(I, C) + dr_packed_linear_size_bf16(C, I)));
+}
+
+void dr_bert_pack_bf16(dr_bert_packed *pk, uint32_t *dst, const dr_bert_params *p, const dr_bert_config *cfg) {
+    const int64_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
+    const int64_t sq = dr_packed_linear_size_bf16(C, 3 * C), so = dr_packed_linear_size_bf16(C, C),
+                  sf = dr_packed_linear_size_bf16(C, I), sp = dr_packed_linear_size_bf16(I, C);
+    const int64_t tq = dr_packed_linear_size_bf16(3 * C, C), to = dr_packed_linear_size_bf16(C, C),
+                  tf = dr_packed_linear_size_bf16(I, C), tp = dr_packed_linear_size_bf16(C, I);
+    uint32_t *q = dst, *o = q + L * sq, *f = o + L * so, *r = f + L * sf;
+    uint32_t *qt = r + L * sp, *ot = qt + L * tq, *ft = ot + L * to, *rt = ft + L * tf;
+    for (int64_t l = 0; l < L; l++) {
+        dr_pack_linear_bf16(q + l * sq, p->qkv_w + l * 3 * C * C, C, 3 * C);
+        dr_pack_linear_bf16(o + l * so, p->ao_w + l * C * C, C, C);
+        dr_pack_linear_bf16(f + l * sf, p->fc_w + l * I * C, C, I);
+        dr_pack_linear_bf16(r + l * sp, p->proj_w + l * C * I, I, C);
+        dr_pack_linear_t_bf16(qt + l * tq, p->qkv_w + l * 3 * C * C, C, 3 * C);
+        dr_pack_linear_t_bf16(ot + l * to, p->ao_w + l * C * C, C, C);
+        dr_pack_linear_t_bf16(ft + l * tf, p->fc_w + l * I * C, C, I);
+        dr_pack_linear_t_bf16(rt + l * tp, p->proj_w + l * C * I, I, C);
+    }
+    pk->qkv16 = q; pk->ao16 = o; pk->fc16 = f; pk->proj16 = r;
+    pk->qkv_t16 = qt; pk->ao_t16 = ot; pk->fc_t16 = ft; pk->proj_t16 = rt;
+}
+
 size_t dr_bert_act_sizes(const dr_bert_config *cfg, int64_t N, int64_t PS, size_t *s) {
     const size_t L = cfg->n_layers, C = cfg->hidden, I = cfg->intermediate;
     s[0] = N * C;            // emb

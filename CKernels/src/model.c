@@ -57,10 +57,22 @@ size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext
          ? (p)->packed->field + (l) * dr_packed_linear_size(in, out)                           \
          : NULL)
 
-// dinp (N,C) += dout (N,OC) · W (OC,C) of a frozen weight: through its transposed pack when
-// there is one for this N (layer l's slice of packed->field), else OpenBLAS.
+// The bfloat16 forward of a frozen linear layer (layer l's slice of a dr_bert_pack_bf16 pack)
+// when there is one for this N; 0: not taken, the caller goes on to the fp32 paths.
+static inline int bf16_linear(const dr_bert_params *p, const uint32_t *base, int64_t l, float *out,
+                              const float *inp, const float *bias, const float *resid, int64_t N,
+                              int64_t C, int64_t OC) {
+    if (!base || N > (p->packed_rows > 0 ? p->packed_rows : DR_SMALL_MATMUL_ROWS) || !dr_linear_forward_packed_ok())
+        return 0;
+    return dr_packed_matmul_bf16(out, inp, base + l * dr_packed_linear_size_bf16(C, OC), bias, resid, N, C, OC);
+}
+#define BF16(p, field) ((p)->packed ? (p)->packed->field : NULL)
+
+// dinp (N,C) += dout (N,OC) · W (OC,C) of a frozen weight: through its bfloat16 or fp32
+// transposed pack when there is one for this N (layer l's slice of packed->field), else OpenBLAS.
 #define FROZEN_DINP(p, field, l, dinp, dout, W, N, C, OC)                                       \
     do {                                                                                        \
+        if (bf16_linear(p, BF16(p, field##16), l, dinp, dout, NULL, dinp, N, OC, C)) break;      \
         const float *pt_ = (p)->packed && (p)->packed->field &&                                 \
                                    (N) <= ((p)->packed_rows > 0 ? (p)->packed_rows : DR_SMALL_MATMUL_ROWS) \
                                ? (p)->packed->field + (l) * dr_packed_linear_size(OC, C)        \
@@ -109,8 +121,9 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
         float *out = a->hidden + (l + 1) * N * C;
         const int64_t s = ext_slot(ext, l);
 
-        dr_linear_forward(qkv, x, p->qkv_w + l * 3 * C * C, PACKED(p, qkv, l, C, 3 * C), p->qkv_b + l * 3 * C,
-                          NULL, N, C, 3 * C);
+        if (!bf16_linear(p, BF16(p, qkv16), l, qkv, x, p->qkv_b + l * 3 * C, NULL, N, C, 3 * C))
+            dr_linear_forward(qkv, x, p->qkv_w + l * 3 * C * C, PACKED(p, qkv, l, C, 3 * C), p->qkv_b + l * 3 * C,
+                              NULL, N, C, 3 * C);
         for (int64_t k = 0; ext && k < ext->n_lora; k++) {
             for (int64_t j = 0; j < 2; j++) {  // query columns [0,C), value columns [2C,3C)
                 const int64_t idx = (k * L + l) * 2 + j;
@@ -120,20 +133,24 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
             }
         }
         dr_attention_forward(atty, a->probs + l * PS, qkv, cu_seqlens, B, C, NH);
-        dr_linear_forward(res1, atty, p->ao_w + l * C * C, PACKED(p, ao, l, C, C), p->ao_b + l * C, x, N, C, C);
+        if (!bf16_linear(p, BF16(p, ao16), l, res1, atty, p->ao_b + l * C, x, N, C, C))
+            dr_linear_forward(res1, atty, p->ao_w + l * C * C, PACKED(p, ao, l, C, C), p->ao_b + l * C, x, N, C, C);
         dr_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, res1,
                              p->ln1_w + l * C, p->ln1_b + l * C, N, C, eps);
-        dr_linear_forward(fch, ln1, p->fc_w + l * I * C, PACKED(p, fc, l, C, I), p->fc_b + l * I, NULL, N, C, I);
+        if (!bf16_linear(p, BF16(p, fc16), l, fch, ln1, p->fc_b + l * I, NULL, N, C, I))
+            dr_linear_forward(fch, ln1, p->fc_w + l * I * C, PACKED(p, fc, l, C, I), p->fc_b + l * I, NULL, N, C, I);
         dr_gelu_forward(fchg, fch, N * I);
         if (s >= 0 && ext->adapter_place == DR_ADAPTER_FFN) {
             float *fo = xa->a_inp + s * N * C;
-            dr_linear_forward(fo, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, NULL,
-                              N, I, C);
+            if (!bf16_linear(p, BF16(p, proj16), l, fo, fchg, p->proj_b + l * C, NULL, N, I, C))
+                dr_linear_forward(fo, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, NULL,
+                                  N, I, C);
             adapter_fwd(tmp, xa, ad_scratch, fo, ext, s, cu_seqlens, B, N, C);
             dr_residual_forward(res2, tmp, ln1, N * C);
         } else {
-            dr_linear_forward(res2, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, ln1,
-                              N, I, C);
+            if (!bf16_linear(p, BF16(p, proj16), l, res2, fchg, p->proj_b + l * C, ln1, N, I, C))
+                dr_linear_forward(res2, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, ln1,
+                                  N, I, C);
         }
         dr_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                              p->ln2_w + l * C, p->ln2_b + l * C, N, C, eps);

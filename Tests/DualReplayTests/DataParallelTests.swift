@@ -33,12 +33,13 @@ import Testing
     /// Parameters after `steps` AdamW steps on the same batches.
     /// `blasThreads` nil leaves BLAS as it is (ranks sharing one process must not change it).
     static func train(_ configure: (inout ModelSpec) -> Void, chunking: ChunkedReduction?, blasThreads: Int32? = 1, steps: Int = 4,
-                      packedGemm: Bool = false) throws -> [Float] {
+                      packedGemm: Bool = false, bf16: Bool = false) throws -> [Float] {
         let m = TrainingTests.model(configure)
         m.chunking = chunking
-        if packedGemm {
+        if packedGemm || bf16 {
             var t = TrainingDefaults()
-            t.packedGemm = true
+            t.packedGemm = packedGemm
+            t.frozenPrecision = bf16 ? "bf16" : nil
             m.useParallelism(t, inference: m.inference)
             m.chunking = chunking
         }
@@ -76,6 +77,48 @@ import Testing
             #expect(try Self.train(spec, chunking: ChunkedReduction(chunkSize: 64, threads: t), blasThreads: nil, packedGemm: true) == one,
                     "one chunk on \(t) threads differs from the plain pass")
         }
+    }
+
+    /// `training.frozenPrecision` "bf16": the frozen linear layers in bfloat16. Its gradients are
+    /// the fp32 model's to bfloat16 rounding (not bit for bit: the test would be vacuous), the
+    /// bf16 packs are used forward and backward, and the training is the same bits at 1, 2 and 3
+    /// threads, plain or in one chunk. On a CPU without AVX512-BF16 the option is refused.
+    @Test func bf16FrozenLayersAreCloseToFP32AndThreadIndependent() throws {
+        var cfg = TrainingDefaults()
+        cfg.frozenPrecision = "bf16"
+        guard dr_bf16_available() != 0 else {
+            #expect(throws: ConfigError.self) { try cfg.validate() }
+            return
+        }
+        try cfg.validate()
+        let spec: (inout ModelSpec) -> Void = { $0.adapter = true }
+        func gradients(_ bf16: Bool) throws -> (grads: [Float], model: ContinualModel) {
+            let m = TrainingTests.model(spec)
+            if bf16 { m.useParallelism(cfg, inference: m.inference) }
+            _ = try m.computeGradients(Self.batch(m), weights: Self.weights)
+            return (Array(m.store.grads.buffer), m)
+        }
+        let (g32, _) = try gradients(false)
+        let (g16, m16) = try gradients(true)
+        #expect(m16.baseParams.packed?.pointee.qkv16 != nil && m16.baseParams.packed?.pointee.qkv_t16 != nil)
+        #expect(m16.base.params.packed?.pointee.qkv16 == nil, "the shared fp32 table must stay fp32")
+        var dot = 0.0, n32 = 0.0, diff = 0.0
+        for (a, b) in zip(g32, g16) { dot += Double(a) * Double(b); n32 += Double(a) * Double(a); diff += Double(a - b) * Double(a - b) }
+        #expect(g16 != g32, "the bf16 path did not run")
+        #expect(n32 > 0 && (diff / n32).squareRoot() < 0.03, "bf16 gradients off by \((diff / max(n32, 1e-30)).squareRoot()) (relative L2)")
+        let saved = Parallelism.threads
+        defer { setComputeThreads(saved) }
+        setComputeThreads(1)
+        let one = try Self.train(spec, chunking: nil, blasThreads: nil, bf16: true)
+        for t in [2, 3] {
+            setComputeThreads(t)
+            #expect(try Self.train(spec, chunking: nil, blasThreads: nil, bf16: true) == one, "\(t) threads differ from 1")
+            #expect(try Self.train(spec, chunking: ChunkedReduction(chunkSize: 64, threads: t), blasThreads: nil, bf16: true) == one,
+                    "one chunk on \(t) threads differs from the plain pass")
+        }
+        var bad = TrainingDefaults()
+        bad.frozenPrecision = "fp16"
+        #expect(throws: ConfigError.self) { try bad.validate() }
     }
 
     @Test func chunkedGradientsMatchFiniteDifferences() throws {

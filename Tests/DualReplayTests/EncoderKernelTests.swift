@@ -191,6 +191,97 @@ import Testing
                                  1, Int64(big), 1, 0) == 0 && out == [7])
     }
 
+    /// The bfloat16 kernel (`training.frozenPrecision` "bf16"): rounding to nearest even, the
+    /// kernel against its plain C meaning (to fp32 summation rounding: AVX512-BF16 may fuse the
+    /// pair differently) and within bfloat16 rounding of the exact product, odd C, 1 to 61 rows,
+    /// the transposed pack, and a split over an executor giving the serial bits.
+    @Test func bf16MatmulIsItsReference() {
+        #expect(dr_bf16_round(1 + 0x1p-8) == 1, "a tie goes to even")
+        #expect(dr_bf16_round(1 + 3 * 0x1p-9) == 1 + 0x1p-7)
+        #expect(dr_bf16_round(1 + 0x1p-7 + 0x1p-8) == 1 + 0x1p-6, "a tie goes to even")
+        #expect(dr_bf16_round(.nan).isNaN && dr_bf16_round(.infinity) == .infinity && dr_bf16_round(-2.5) == -2.5)
+        var rng = SeededRandom(seed: 53)
+        var out: [Float] = [7]
+        guard dr_bf16_available() != 0 else {
+            let w: [UInt32] = [UInt32](repeating: 0, count: 16)
+            #expect(dr_packed_matmul_bf16(&out, [1], w, nil, nil, 1, 1, 1) == 0 && out == [7], "ran without AVX512-BF16")
+            return
+        }
+        for (C, OC, Ns) in [(1, 1, [1, 3]), (7, 5, [1, 2, 13]), (33, 17, [1, 5, 12, 25]), (384, 1152, [1, 61]), (1536, 140, [4, 30])] {
+            let w = rng.floats(OC * C), b = rng.floats(OC)
+            var packed = [UInt32](repeating: 0xFFFF_FFFF, count: Int(dr_packed_linear_size_bf16(Int64(C), Int64(OC))))
+            dr_pack_linear_bf16(&packed, w, Int64(C), Int64(OC))
+            for N in Ns {
+                let x = rng.floats(N * C), r = rng.floats(N * OC)
+                for (bias, resid) in [(true, true), (false, false)] {
+                    var ref = [Float](repeating: 0, count: N * OC)
+                    dr_linear_reference_bf16(&ref, x, w, bias ? b : nil, resid ? r : nil, Int64(N), Int64(C), Int64(OC))
+                    var got = [Float](repeating: .nan, count: N * OC + 1)
+                    got[N * OC] = 42
+                    #expect(dr_packed_matmul_bf16(&got, x, packed, bias ? b : nil, resid ? r : nil, Int64(N), Int64(C), Int64(OC)) == 1)
+                    #expect(got[N * OC] == 42, "wrote past the output")
+                    var worstRef = 0.0, worstExact = 0.0
+                    for i in 0..<N {
+                        for o in 0..<OC {
+                            var exact = (bias ? Double(b[o]) : 0) + (resid ? Double(r[i * OC + o]) : 0), mag = 1.0
+                            for c in 0..<C {
+                                exact += Double(x[i * C + c]) * Double(w[o * C + c])
+                                mag += abs(Double(x[i * C + c]) * Double(w[o * C + c]))
+                            }
+                            worstRef = max(worstRef, abs(Double(got[i * OC + o]) - Double(ref[i * OC + o])) / mag)
+                            worstExact = max(worstExact, abs(Double(got[i * OC + o]) - exact) / mag)
+                        }
+                    }
+                    #expect(worstRef < 1e-6, "C \(C) OC \(OC) N \(N): \(worstRef) from the reference")
+                    #expect(worstExact < 1e-2, "C \(C) OC \(OC) N \(N): \(worstExact) from the exact product")
+                }
+            }
+        }
+        // the transposed pack: dinp += dout · W
+        for (C, OC) in [(40, 33), (384, 1152)] {
+            let w = rng.floats(OC * C), N = 29
+            let dout = rng.floats(N * OC), acc = rng.floats(N * C)
+            var wt = [Float](repeating: 0, count: C * OC)
+            for o in 0..<OC { for c in 0..<C { wt[c * OC + o] = w[o * C + c] } }
+            var ref = [Float](repeating: 0, count: N * C)
+            dr_linear_reference_bf16(&ref, dout, wt, nil, acc, Int64(N), Int64(OC), Int64(C))
+            var packedT = [UInt32](repeating: 0, count: Int(dr_packed_linear_size_bf16(Int64(OC), Int64(C))))
+            dr_pack_linear_t_bf16(&packedT, w, Int64(C), Int64(OC))
+            var got = acc
+            let used = got.withUnsafeMutableBufferPointer { g in
+                dr_packed_matmul_bf16(g.baseAddress, dout, packedT, nil, g.baseAddress, Int64(N), Int64(OC), Int64(C))
+            }
+            #expect(used == 1)
+            var worst = 0.0
+            for (g, e) in zip(got, ref) { worst = max(worst, abs(Double(g) - Double(e)) / (1 + abs(Double(e)))) }
+            #expect(worst < 1e-5, "transposed bf16 pack C \(C) OC \(OC): \(worst)")
+        }
+        // split over an executor: the serial bits, by rows (64 rows) and by panels (30 rows)
+        final class Count: @unchecked Sendable { var tasks = 0 }
+        for (N, C, OC) in [(64, 384, 1152), (30, 384, 1152)] {
+            let w = rng.floats(OC * C), b = rng.floats(OC), x = rng.floats(N * C)
+            var packed = [UInt32](repeating: 0, count: Int(dr_packed_linear_size_bf16(Int64(C), Int64(OC))))
+            dr_pack_linear_bf16(&packed, w, Int64(C), Int64(OC))
+            var serial = [Float](repeating: 0, count: N * OC)
+            dr_set_thread_executor(nil)
+            _ = dr_packed_matmul_bf16(&serial, x, packed, b, nil, Int64(N), Int64(C), Int64(OC))
+            let count = Count()
+            let ex = UnsafeMutablePointer<dr_executor>.allocate(capacity: 1)
+            defer { ex.deallocate() }
+            ex.initialize(to: dr_executor(run: { ctx, n, fn, arg in
+                Unmanaged<Count>.fromOpaque(ctx!).takeUnretainedValue().tasks += Int(n)
+                nonisolated(unsafe) let fn = fn!, arg = arg
+                DispatchQueue.concurrentPerform(iterations: Int(n)) { i in fn(arg, Int64(i)) }
+            }, ctx: Unmanaged.passUnretained(count).toOpaque(), workers: 2))
+            var split = [Float](repeating: .nan, count: N * OC)
+            dr_set_thread_executor(ex)
+            _ = dr_packed_matmul_bf16(&split, x, packed, b, nil, Int64(N), Int64(C), Int64(OC))
+            dr_set_thread_executor(nil)
+            #expect(count.tasks == 2, "N \(N): not split")
+            #expect(split.map(\.bitPattern) == serial.map(\.bitPattern), "N \(N): the split differs from the serial call")
+        }
+    }
+
     /// A large packed call split by rows or output panels over an executor (2, 3 and 5 workers, tasks on
     /// Dispatch's threads) gives the serial call's bits, and really was split.
     @Test func packedMatmulOverAnExecutorIsTheSerialResult() {

@@ -190,7 +190,8 @@ func arenaBytes(_ cfg: BertConfig, _ model: ContinualModel, tokens N: Int, probs
 /// `chunk`: data-parallel chunks of that many rows on the bench's threads (`ChunkedReduction`,
 /// single-threaded BLAS per chunk) instead of one pass with BLAS's own threads.
 /// `packed`: every frozen linear layer through the packed kernel (`training.packedGemm`).
-struct MethodCase { let name: String; let spec: ModelSpec; let fixedLength: Int?; var chunk: Int? = nil; var packed = false }
+/// `bf16`: and in bfloat16 (`training.frozenPrecision` "bf16"; skipped without AVX512-BF16).
+struct MethodCase { let name: String; let spec: ModelSpec; let fixedLength: Int?; var chunk: Int? = nil; var packed = false; var bf16 = false }
 
 func trainCases(_ o: BenchOptions) -> [MethodCase] {
     var adapter = ModelSpec()
@@ -207,6 +208,8 @@ func trainCases(_ o: BenchOptions) -> [MethodCase] {
                MethodCase(name: "adapter-c8", spec: adapter, fixedLength: nil, chunk: 8),
                MethodCase(name: "adapter-c16", spec: adapter, fixedLength: nil, chunk: 16),
                MethodCase(name: "adapter-packed-c16", spec: adapter, fixedLength: nil, chunk: 16, packed: true),
+               MethodCase(name: "adapter-bf16", spec: adapter, fixedLength: nil, packed: true, bf16: true),
+               MethodCase(name: "adapter-bf16-c16", spec: adapter, fixedLength: nil, chunk: 16, packed: true, bf16: true),
                MethodCase(name: "adapter-upper", spec: upper, fixedLength: nil),
                MethodCase(name: "adapter-upper-c8", spec: upper, fixedLength: nil, chunk: 8),
                MethodCase(name: "lora", spec: lora, fixedLength: nil),
@@ -231,6 +234,7 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
     var records: [TrainRecord] = []
 
     for c in trainCases(o) {
+        if c.bf16 && dr_bf16_available() == 0 { print("# \(c.name): skipped, this CPU has no AVX512-BF16"); continue }
         for threads in o.threads {
             setComputeThreads(threads)
             resetPeakRSS()
@@ -241,6 +245,7 @@ func benchTrainStep(_ o: BenchOptions, _ out: Reporter) throws -> [TrainRecord] 
                 if c.packed {
                     var t = TrainingDefaults()
                     t.packedGemm = true
+                    if c.bf16 { t.frozenPrecision = "bf16" }
                     model.useParallelism(t, inference: model.inference)
                 }
                 model.chunking = c.chunk.map { ChunkedReduction(chunkSize: $0, threads: threads) }  // after: useParallelism sets it

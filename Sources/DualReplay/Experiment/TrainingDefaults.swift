@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Training settings shared by every method unless a method's `training` or `replay` block
@@ -37,7 +38,17 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
     /// bits than OpenBLAS's sums, so it is part of the protocol hash. Off by default until its R
     /// matrices have been compared on a full protocol.
     public var packedGemm: Bool = false
+    /// The frozen encoder's linear layers in "fp32" (nil: the default) or "bf16": weights and
+    /// activations rounded to bfloat16, products summed in fp32, through AVX512-BF16's dot
+    /// product (`dr_packed_matmul_bf16`, twice the multiply-adds per instruction of fp32), for
+    /// every batch size, forward and the backward's input gradients (the packed path of
+    /// `packedGemm`). Other numbers than fp32, so part of the protocol hash. Refused on a CPU
+    /// without AVX512-BF16 rather than falling back to fp32. The router's frozen features stay fp32.
+    public var frozenPrecision: String?
     public init() {}
+
+    /// `frozenPrecision` is "bf16".
+    public var frozenBF16: Bool { frozenPrecision == "bf16" }
 
     /// Bounds of every field, named `training.<field>`.
     func validate() throws {
@@ -51,6 +62,15 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
         try Bounds.check(maxLength, B.maxLength, "training.maxLength")
         try Bounds.check(gradientChunk, B.gradientChunk, "training.gradientChunk")
         try Bounds.check(prefixCacheMB, B.prefixCacheMB, "training.prefixCacheMB")
+        if let f = frozenPrecision {
+            guard f == "fp32" || f == "bf16" else {
+                throw ConfigError.invalid(field: "training.frozenPrecision", reason: "\"\(f)\" is not one of \"fp32\", \"bf16\"")
+            }
+            if f == "bf16" && dr_bf16_available() == 0 {
+                throw ConfigError.invalid(field: "training.frozenPrecision",
+                                          reason: "\"bf16\" needs a CPU with AVX512-BF16, and this one has none (use \"fp32\")")
+            }
+        }
         let o = optimizer
         try Bounds.check(real: o.learningRate, B.learningRate, lowerOpen: true, "training.optimizer.learningRate")
         try Bounds.check(real: o.beta1, 0...1, upperOpen: true, "training.optimizer.beta1")
@@ -69,7 +89,7 @@ public struct TrainingDefaults: Codable, Equatable, Sendable {
 
 extension TrainingDefaults {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB, parallelInference, packedGemm
+        case epochs, learningRate, batchSize, replayShare, bufferBytes, bufferExamples, maxLength, optimizer, routerTraining, gradientChunk, prefixCacheMB, parallelInference, packedGemm, frozenPrecision
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.strictContainer(keyedBy: CodingKeys.self)
@@ -87,6 +107,7 @@ extension TrainingDefaults {
         prefixCacheMB = try c.decodeIfPresent(Int.self, forKey: .prefixCacheMB) ?? d.prefixCacheMB
         parallelInference = try c.decodeIfPresent(Bool.self, forKey: .parallelInference)
         packedGemm = try c.decodeIfPresent(Bool.self, forKey: .packedGemm) ?? d.packedGemm
+        frozenPrecision = try c.decodeIfPresent(String.self, forKey: .frozenPrecision)
     }
 }
 

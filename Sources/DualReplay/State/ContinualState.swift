@@ -122,6 +122,9 @@ public final class ContinualState {
         }
         // the structure comes from the registry (no training is replayed); the values from the file
         let scenario = try makeScenario(mf, domains: try scenarioDomains(mf, loaded.domainExamples, file: manifestPath))
+        if (mf.config.training ?? TrainingDefaults()).frozenBF16 && dr_bf16_available() == 0 {
+            throw StateError.malformed(file: manifestPath, reason: "trained with training.frozenPrecision \"bf16\", which needs a CPU with AVX512-BF16; this one has none")
+        }
         let m = ContinualModel(base: encoder.weights, spec: mf.settings.spec, seed: 0)
         // chunked gradients and inference threads as `DomainTrainer.makeModel` sets them for a new state
         m.useParallelism(mf.config.training ?? TrainingDefaults(), inference: Parallelism.inference)

@@ -218,7 +218,7 @@ public final class ContinualModel {
         let baseValues = spec.fullFineTune ? store.value(TensorName.base) : base.arena.base
         dr_bert_params_point(&baseParams, baseValues, &cfg)
         if !spec.fullFineTune {  // frozen: packed in init
-            baseParams.packed = base.params.packed
+            baseParams.packed = frozenPacks ?? base.params.packed
             baseParams.packed_rows = packedRows
         }
 
@@ -444,10 +444,16 @@ public final class ContinualModel {
             ? ChunkedReduction(chunkSize: training.gradientChunk, threads: Parallelism.threads, collective: inference.collective) : nil
         self.inference = inference
         inferenceThreads = training.parallelInference ?? false ? Parallelism.threads : 1
-        packedRows = training.packedGemm ? Int64.max : 0
+        packedRows = training.packedGemm || training.frozenBF16 ? Int64.max : 0
         if training.packedGemm && !spec.fullFineTune { base.packTransposed() }
+        frozenPacks = training.frozenBF16 && !spec.fullFineTune ? base.packBF16() : nil
+        if !spec.fullFineTune { baseParams.packed = frozenPacks ?? base.params.packed }
         baseParams.packed_rows = spec.fullFineTune ? 0 : packedRows
     }
+
+    /// The bfloat16 pack table of `training.frozenPrecision` "bf16" (`BertWeights.packBF16`);
+    /// nil: the base's fp32 packs.
+    var frozenPacks: UnsafePointer<dr_bert_packed>?
 
     /// The largest batch (token rows) whose frozen linear layers take the packed kernel
     /// (`dr_bert_params.packed_rows`; 0: the single-utterance path only, `training.packedGemm`: all).
