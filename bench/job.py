@@ -4,6 +4,7 @@ defaults, ours and the plain-PyTorch reference, one after the other, at each thr
 
     python3 bench/job.py --variant full|reduced --bin .build/release/dualreplay --python REF_VENV/bin/python
                          [--threads 1,2] [--out build/bench-job] [--data DIR] [--model DIR] [--only ours,reference]
+                         [--ours-variant NAME=CONFIG ...]
 
 Standard library only (the reference runs in its own venv, as a child process). Per run: wall
 time split by phase (SGD, router, quota validation, prototypes, evaluation, latency, I/O; ours
@@ -104,9 +105,10 @@ def run_ours(args, cfg, threads, name, launcher=()):
     return rec, run
 
 
-def ours(args, cfg, threads):
-    rec, run = run_ours(args, cfg, threads, f"ours-t{threads}")
-    rec["side"] = "ours"
+def ours(args, cfg, threads, side="ours"):
+    rec, run = run_ours(args, cfg, threads, f"{side}-t{threads}")
+    rec["side"] = side
+    rec["config"] = os.path.relpath(cfg, REPO)
     if run is None:
         return rec
     rec["routerAccuracy"] = (run.get("routerAccuracy") or [None])[-1]
@@ -155,17 +157,23 @@ def table(records, threads_list):
     def get(side, t):
         return next((r for r in records if r["side"] == side and r["threads"] == t), None)
 
-    head = "| | " + " | ".join(f"ours {t}T | reference {t}T | ref ÷ ours {t}T" for t in threads_list) + " |"
-    lines = [head, "|---|" + "---|---|---|" * len(threads_list)]
+    # "ours" and every --ours-variant side, each with its ratio to the reference
+    osides = [x for x in dict.fromkeys(r["side"] for r in records) if x != "reference"] or ["ours"]
+    head = "| | " + " | ".join(" | ".join(f"{o} {t}T" for o in osides) + f" | reference {t}T | " +
+                               " | ".join(f"ref ÷ {o} {t}T" for o in osides) for t in threads_list) + " |"
+    lines = [head, "|---|" + "---|" * ((2 * len(osides) + 1) * len(threads_list))]
 
     def row(name, value, digits=1, ratio=True):
         cells = []
         for t in threads_list:
-            o, r = get("ours", t), get("reference", t)
-            vo = value(o) if o and o["exitCode"] == 0 else None
+            r = get("reference", t)
             vr = value(r) if r and r["exitCode"] == 0 else None
-            q = vr / vo if ratio and vo and vr is not None else None
-            cells += [fmt(vo, digits), fmt(vr, digits), fmt(q, 2)]
+            vos = []
+            for o in osides:
+                rec = get(o, t)
+                vos.append(value(rec) if rec and rec["exitCode"] == 0 else None)
+            cells += [fmt(v, digits) for v in vos] + [fmt(vr, digits)]
+            cells += [fmt(vr / v if ratio and v and vr is not None else None, 2) for v in vos]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     extra = sorted({k for r in records for k in (r.get("timing") or {}) if k not in PHASES and k != "total"})
@@ -198,6 +206,8 @@ def main():
     ap.add_argument("--only", default="ours,reference", help="which sides to run")
     ap.add_argument("--config", help="another config than bench/experiments/bench-job-<variant>.json (quick checks)")
     ap.add_argument("--max-domains", type=int, default=0, help="reference only: first K domains (a wiring check, not a comparison)")
+    ap.add_argument("--ours-variant", action="append", default=[], metavar="NAME=CONFIG",
+                    help="also run ours on CONFIG as side NAME, after ours at each thread count (e.g. bf16=bench/experiments/bench-job-full-bf16.json)")
     args = ap.parse_args()
     args.out = os.path.abspath(args.out)
     if args.data:
@@ -213,6 +223,11 @@ def main():
         for t in threads_list:
             if "ours" in sides:
                 job["runs"].append(ours(args, cfg, t))
+            for v in args.ours_variant:
+                name, _, vcfg = v.partition("=")
+                job["runs"].append(ours(args, os.path.abspath(vcfg), t, side=f"ours-{name}"))
+                with open(os.path.join(args.out, "job.json"), "w") as f:
+                    json.dump(job, f, indent=1)
             if "reference" in sides:
                 job["runs"].append(reference(args, cfg, t))
             with open(os.path.join(args.out, "job.json"), "w") as f:
