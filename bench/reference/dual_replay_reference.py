@@ -488,6 +488,8 @@ def run(args):
                 ids = o["input_ids"]
                 tok.cache[o["text"]] = ids if len(ids) <= tok.max_length else ids[: tok.max_length - 1] + [tok.sep]
     enc = MiniLM(args.model)
+    if tr.get("frozenPrecision", "fp32") == "bf16":
+        enc.use_bf16()
     enc.eval()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the router's dropout draws from the global generator

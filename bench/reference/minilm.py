@@ -181,6 +181,22 @@ class MiniLM(torch.nn.Module):
             m.ln2_w, m.ln2_b = p(pre + "output.LayerNorm.weight"), p(pre + "output.LayerNorm.bias")
             self.layers.append(m)
 
+    def use_bf16(self):
+        """The frozen linear layers in bfloat16 (ours: training.frozenPrecision "bf16"): weights
+        cast once, inputs cast per call, outputs back to fp32 (CPU bf16 matmul accumulates in
+        fp32). What a PyTorch user would write; cheaper than autocast, which recasts frozen
+        weights on every call."""
+        for m in self.layers:
+            for n in ("qkv", "ao", "fc", "pr"):
+                setattr(m, n + "_w16", getattr(m, n + "_w").detach().bfloat16())
+                setattr(m, n + "_b16", getattr(m, n + "_b").detach().bfloat16())
+        self.bf16 = True
+
+    def _lin(self, x, m, n):
+        if getattr(self, "bf16", False):
+            return F.linear(x.bfloat16(), getattr(m, n + "_w16"), getattr(m, n + "_b16")).float()
+        return F.linear(x, getattr(m, n + "_w"), getattr(m, n + "_b"))
+
     def forward(self, ids, mask, adapter=None, gates=None):
         """ids, mask (B,T) -> last hidden state (B,T,C). `adapter`: a GatedAdapter; `gates`:
         per layer the (B,R) gate rows of each sequence's domain."""
@@ -190,11 +206,11 @@ class MiniLM(torch.nn.Module):
         x = F.layer_norm(x, (C,), self.emb_ln_w, self.emb_ln_b, self.eps)
         attn_mask = mask[:, None, None, :].bool()  # (B,1,1,T): keys that exist
         for l, m in enumerate(self.layers):
-            qkv = F.linear(x, m.qkv_w, m.qkv_b).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            qkv = self._lin(x, m, "qkv").view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
             a = a.transpose(1, 2).reshape(B, T, C)
-            x = F.layer_norm(F.linear(a, m.ao_w, m.ao_b) + x, (C,), m.ln1_w, m.ln1_b, self.eps)
-            f = F.linear(F.gelu(F.linear(x, m.fc_w, m.fc_b)), m.pr_w, m.pr_b)
+            x = F.layer_norm(self._lin(a, m, "ao") + x, (C,), m.ln1_w, m.ln1_b, self.eps)
+            f = self._lin(F.gelu(self._lin(x, m, "fc")), m, "pr")
             x = F.layer_norm(f + x, (C,), m.ln2_w, m.ln2_b, self.eps)
             if adapter is not None and l in adapter.slot:
                 x = adapter(x, adapter.slot[l], gates[adapter.slot[l]])
