@@ -9,6 +9,7 @@
 // Without AVX512-BF16 (cpuid leaf 7.1 EAX bit 5) dr_packed_matmul_bf16 returns 0 and does
 // nothing; the Swift side refuses the option on such a CPU rather than fall back silently.
 #include "dr_kernels.h"
+#include "dr_packed.h"
 #include <math.h>
 #include <string.h>
 
@@ -151,11 +152,6 @@ DR_PKBF_ROW(6, 4) DR_PKBF_ROW(7, 2) DR_PKBF_ROW(8, 2) DR_PKBF_ROW(9, 2) DR_PKBF_
 DR_PKBF_ROW(11, 2) DR_PKBF_ROW(12, 2)
 #undef DR_PKBF_ROW
 
-static inline int64_t even_block(int64_t left, int64_t most) {
-    const int64_t blocks = (left + most - 1) / most;
-    return (left + blocks - 1) / blocks;
-}
-
 // Rows [0, N), panels [p0, P). As in the fp32 kernel, with more than two row blocks the panels go
 // in column blocks of about 384 KB swept over every row block (which outputs are summed together
 // never changes).
@@ -163,15 +159,11 @@ static DR_TBF void packed_bf16_rows(float *out, const float *inp, const uint32_t
                                     const float *resid, int64_t N, int64_t C, int64_t OC, int64_t p0, int64_t P) {
     uint32_t *xt = bf_xt;
     const int64_t C2 = (C + 1) / 2;
-    int64_t pb = P - p0;
-    if (N > 24) {
-        pb = (384 * 1024) / (16 * 4 * (C2 > 0 ? C2 : 1)) / 8 * 8;
-        if (pb < 8) pb = 8;
-    }
+    const int64_t pb = dr_panel_block(N, C2, P - p0);
     for (int64_t q0 = p0; q0 < P; q0 += pb) {
         const int64_t q1 = q0 + pb < P ? q0 + pb : P;
         for (int64_t i = 0; i < N;) {
-            const int64_t nr = even_block(N - i, 12);
+            const int64_t nr = dr_even_block(N - i, 12);
             transpose_block_bf16(xt, inp + i * C, nr, C);
             float *o = out + i * OC;
             const float *rs = resid ? resid + i * OC : NULL;
@@ -192,18 +184,16 @@ typedef struct {
     int by_rows;
 } bf16_job;
 
-// Task t: an even share of the rows (every panel) or of the panels in groups of 8.
+// Task t: an even share of the rows (every panel) or of the panels (dr_packed_task_range).
 static void bf16_task(void *arg, int64_t t) {
     const bf16_job *j = (const bf16_job *)arg;
-    if (j->by_rows) {
-        const int64_t r0 = j->N * t / j->tasks, r1 = j->N * (t + 1) / j->tasks;
-        packed_bf16_rows(j->out + r0 * j->OC, j->inp + r0 * j->C, j->packed, j->bias,
-                         j->resid ? j->resid + r0 * j->OC : NULL, r1 - r0, j->C, j->OC, 0, j->P);
-        return;
-    }
-    const int64_t groups = (j->P + 7) / 8;
-    const int64_t g0 = groups * t / j->tasks, g1 = groups * (t + 1) / j->tasks;
-    packed_bf16_rows(j->out, j->inp, j->packed, j->bias, j->resid, j->N, j->C, j->OC, g0 * 8, g1 * 8 < j->P ? g1 * 8 : j->P);
+    int64_t a, b;
+    dr_packed_task_range(t, j->tasks, j->by_rows, j->N, j->P, &a, &b);
+    if (j->by_rows)
+        packed_bf16_rows(j->out + a * j->OC, j->inp + a * j->C, j->packed, j->bias,
+                         j->resid ? j->resid + a * j->OC : NULL, b - a, j->C, j->OC, 0, j->P);
+    else
+        packed_bf16_rows(j->out, j->inp, j->packed, j->bias, j->resid, j->N, j->C, j->OC, a, b);
 }
 #endif
 
@@ -223,11 +213,7 @@ int dr_packed_matmul_bf16(float *out, const float *inp, const uint32_t *packed, 
     if (!dr_bf16_available() || N < 0 || C < 0 || C > DR_PACKED_MAX_C || OC < 0) return 0;
     bf16_job j = {out, inp, packed, bias, resid, N, C, OC, (OC + 15) / 16, 1, 0};
     const dr_executor *ex = dr_thread_executor();
-    if (ex && ex->run && ex->workers > 1 && N * C * OC >= (int64_t)ex->workers * (1 << 19) &&
-        (j.P >= 16 || N >= 24 * (int64_t)ex->workers)) {
-        j.by_rows = N >= 24 * (int64_t)ex->workers;
-        const int64_t most = j.by_rows ? N / 12 : (j.P + 7) / 8;
-        j.tasks = ex->workers < most ? ex->workers : most;
+    if ((j.tasks = dr_packed_split(ex, N, C, OC, j.P, &j.by_rows)) > 1) {
         ex->run(ex->ctx, j.tasks, bf16_task, &j);
     } else {
         packed_bf16_rows(out, inp, packed, bias, resid, N, C, OC, 0, j.P);

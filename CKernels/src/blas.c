@@ -1,5 +1,6 @@
 // blas.c — the one file that talks to OpenBLAS.
 #include "dr_kernels.h"
+#include "dr_packed.h"
 #include <cblas.h>
 #include <math.h>
 
@@ -259,12 +260,6 @@ DR_INLINE DR_T512 void pk512(const int nr, const int np, float *out, const float
     }
 }
 
-// Rows in blocks of at most `most`, as even as possible (13 rows: 7 + 6, not 12 + 1).
-static inline int64_t even_block(int64_t left, int64_t most) {
-    const int64_t blocks = (left + most - 1) / most;
-    return (left + blocks - 1) / blocks;
-}
-
 // One row block (nr rows, constant) over every panel: the widest panel group its registers allow,
 // then narrower ones for the last panels.
 #define DR_PK512_ROW(nr, NPMAX)                                                                     \
@@ -280,28 +275,16 @@ DR_PK512_ROW(6, 4) DR_PK512_ROW(7, 2) DR_PK512_ROW(8, 2) DR_PK512_ROW(9, 2) DR_P
 DR_PK512_ROW(11, 2) DR_PK512_ROW(12, 2)
 #undef DR_PK512_ROW
 
-// The panels one sweep over the rows reuses: with more than two row blocks the weights are taken
-// in column blocks of about DR_PACKED_L2_BYTES, each swept over every row block while it sits in
-// the L2 cache (a whole 384x1536 weight is 2.4 MB; streaming it from L3 once per 12 rows is what
-// the second core of a step would contend for). Multiples of 8, the widest panel group. Which
-// outputs are summed together never changes, so the blocking does not change a bit.
-#define DR_PACKED_L2_BYTES (384 * 1024)
-static inline int64_t panel_block(int64_t N, int64_t C, int64_t P) {
-    if (N <= 24) return P;
-    int64_t pb = DR_PACKED_L2_BYTES / (16 * 4 * (C > 0 ? C : 1)) / 8 * 8;
-    return pb < 8 ? 8 : pb;
-}
-
 // Panels [p0, p1) of the output: columns [16 p0, min(16 p1, OC)).
 DR_T512 static void packed_matmul_avx512(float *out, const float *inp, const float *packed,
                                          const float *bias, const float *resid, int64_t N,
                                          int64_t C, int64_t OC, int64_t p0, int64_t P) {
     float *xt = packed_xt;
-    const int64_t pb = panel_block(N, C, P - p0);
+    const int64_t pb = dr_panel_block(N, C, P - p0);
     for (int64_t q0 = p0; q0 < P; q0 += pb) {
         const int64_t q1 = q0 + pb < P ? q0 + pb : P;
         for (int64_t i = 0; i < N;) {
-            const int64_t nr = even_block(N - i, 12);
+            const int64_t nr = dr_even_block(N - i, 12);
             transpose_block(xt, inp + i * C, nr, C);
             float *o = out + i * OC;
             const float *rs = resid ? resid + i * OC : NULL;
@@ -346,17 +329,17 @@ DR_T256 static void packed_matmul_avx2(float *out, const float *inp, const float
                                        const float *bias, const float *resid, int64_t N, int64_t C,
                                        int64_t OC, int64_t p0, int64_t P) {
     float *xt = packed_xt;
-    const int64_t pb = panel_block(N, C, P - p0);
+    const int64_t pb = dr_panel_block(N, C, P - p0);
     for (int64_t q0 = p0; q0 < P; q0 += pb) {
         const int64_t q1 = q0 + pb < P ? q0 + pb : P;
         for (int64_t i = 0; i < N;) {
-            const int64_t nr = even_block(N - i, 12);
+            const int64_t nr = dr_even_block(N - i, 12);
             transpose_block(xt, inp + i * C, nr, C);
             for (int64_t p = q0; p < q1; p++) {
                 const float *pa = packed + p * 16 * C;
                 const int64_t j = p * 16;
                 for (int64_t h = 0, nh; h < nr; h += nh) {
-                    nh = even_block(nr - h, 6);
+                    nh = dr_even_block(nr - h, 6);
                     float *o = out + (i + h) * OC;
                     const float *rs = resid ? resid + (i + h) * OC : NULL;
 #define PK256(n) case n: pk256(n, o, xt + h, pa, bias, rs, j, C, OC); break;
@@ -398,24 +381,18 @@ static void packed_panels(const packed_job *j, int64_t p0, int64_t p1) {
 #endif
 }
 
-// Task t takes an even share of the rows (every panel) when there are enough rows, else of the
-// panels, in groups of 8 (the widest panel group). Panel groups alone balance badly: 72 panels are
-// 9 groups (5 + 4), 24 panels 3 (2 + 1). Rows are independent sums either way.
+// Task t: an even share of the rows (every panel) or of the panels (dr_packed_task_range).
 static void packed_task(void *arg, int64_t t) {
     const packed_job *j = (const packed_job *)arg;
-    if (j->by_rows) {
-        const int64_t r0 = j->N * t / j->tasks, r1 = j->N * (t + 1) / j->tasks;
-        packed_job s = *j;
-        s.out = j->out + r0 * j->OC;
-        s.inp = j->inp + r0 * j->C;
-        s.resid = j->resid ? j->resid + r0 * j->OC : NULL;
-        s.N = r1 - r0;
-        packed_panels(&s, 0, j->P);
-        return;
-    }
-    const int64_t groups = (j->P + 7) / 8;
-    const int64_t g0 = groups * t / j->tasks, g1 = groups * (t + 1) / j->tasks;
-    packed_panels(j, g0 * 8, g1 * 8 < j->P ? g1 * 8 : j->P);
+    int64_t a, b;
+    dr_packed_task_range(t, j->tasks, j->by_rows, j->N, j->P, &a, &b);
+    if (!j->by_rows) { packed_panels(j, a, b); return; }
+    packed_job s = *j;
+    s.out = j->out + a * j->OC;
+    s.inp = j->inp + a * j->C;
+    s.resid = j->resid ? j->resid + a * j->OC : NULL;
+    s.N = b - a;
+    packed_panels(&s, 0, j->P);
 }
 
 static _Thread_local const dr_executor *thread_executor = NULL;
@@ -429,12 +406,7 @@ int dr_packed_matmul(float *out, const float *inp, const float *packed, const fl
     if (isa <= 0 || isa > best || N < 0 || C < 0 || C > DR_PACKED_MAX_C || OC < 0) return 0;
     packed_job j = {out, inp, packed, bias, resid, N, C, OC, (OC + 15) / 16, 1, isa, 0};
     const dr_executor *ex = thread_executor;
-    // split only work worth a hand-off (about 1 MFLOP per task)
-    if (ex && ex->run && ex->workers > 1 && N * C * OC >= (int64_t)ex->workers * (1 << 19) &&
-        (j.P >= 16 || N >= 24 * (int64_t)ex->workers)) {
-        j.by_rows = N >= 24 * (int64_t)ex->workers;  // at least two row blocks of 12 each
-        const int64_t most = j.by_rows ? N / 12 : (j.P + 7) / 8;
-        j.tasks = ex->workers < most ? ex->workers : most;
+    if ((j.tasks = dr_packed_split(ex, N, C, OC, j.P, &j.by_rows)) > 1) {
         ex->run(ex->ctx, j.tasks, packed_task, &j);
     } else {
         packed_panels(&j, 0, j.P);
