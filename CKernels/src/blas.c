@@ -164,29 +164,23 @@ void dr_matmul_forward(float *out, const float *inp, const float *weight, const 
 
 int64_t dr_packed_linear_size(int64_t C, int64_t OC) { return (OC + 15) / 16 * 16 * C; }
 
-void dr_pack_linear(float *packed, const float *weight, int64_t C, int64_t OC) {
+// Element (j, c) of the weight (output j, input c) is w[j * sj + c * sc].
+static void pack_f32(float *packed, const float *w, int64_t sj, int64_t sc, int64_t C, int64_t OC) {
     const int64_t P = (OC + 15) / 16;
     for (int64_t p = 0; p < P; p++) {
         float *dst = packed + p * 16 * C;
         for (int64_t c = 0; c < C; c++)
             for (int64_t q = 0; q < 16; q++) {
                 const int64_t j = p * 16 + q;
-                dst[c * 16 + q] = j < OC ? weight[j * C + c] : 0.0f;
+                dst[c * 16 + q] = j < OC ? w[j * sj + c * sc] : 0.0f;
             }
     }
 }
 
-void dr_pack_linear_t(float *packed, const float *weight, int64_t C, int64_t OC) {
-    const int64_t P = (C + 15) / 16;
-    for (int64_t p = 0; p < P; p++) {
-        float *dst = packed + p * 16 * OC;
-        for (int64_t o = 0; o < OC; o++)
-            for (int64_t q = 0; q < 16; q++) {
-                const int64_t c = p * 16 + q;
-                dst[o * 16 + q] = c < C ? weight[o * C + c] : 0.0f;
-            }
-    }
-}
+void dr_pack_linear(float *packed, const float *weight, int64_t C, int64_t OC) { pack_f32(packed, weight, C, 1, C, OC); }
+
+// weightᵀ as a (C outputs, OC inputs) linear weight: element (c, o) is weight[o * C + c].
+void dr_pack_linear_t(float *packed, const float *weight, int64_t C, int64_t OC) { pack_f32(packed, weight, 1, C, OC, C); }
 
 void dr_linear_reference(float *out, const float *inp, const float *weight, const float *bias,
                          const float *resid, int64_t N, int64_t C, int64_t OC) {

@@ -51,35 +51,34 @@ size_t dr_bert_forward_scratch_size(const dr_bert_config *cfg, const dr_bert_ext
     return (size_t)dr_adapter_scratch_size(N, ext->R, B) + (size_t)(N * cfg->hidden);
 }
 
-// Layer l's packed copy of one linear weight (NULL without packing).
-#define PACKED(p, field, l, in, out)                                                          \
-    ((p)->packed && N <= ((p)->packed_rows > 0 ? (p)->packed_rows : DR_SMALL_MATMUL_ROWS)      \
-         ? (p)->packed->field + (l) * dr_packed_linear_size(in, out)                           \
-         : NULL)
+// Whether a call of N rows takes the packed weights (dr_bert_params.packed_rows).
+#define PACKED_ROWS(p, N) ((p)->packed && (N) <= ((p)->packed_rows > 0 ? (p)->packed_rows : DR_SMALL_MATMUL_ROWS))
+// Layer l's packed copy of one linear weight (NULL without packing or above the packed rows).
+#define PACKED(p, field, l, in, out) \
+    (PACKED_ROWS(p, N) && (p)->packed->field ? (p)->packed->field + (l) * dr_packed_linear_size(in, out) : NULL)
 
-// The bfloat16 forward of a frozen linear layer (layer l's slice of a dr_bert_pack_bf16 pack)
-// when there is one for this N; 0: not taken, the caller goes on to the fp32 paths.
-static inline int bf16_linear(const dr_bert_params *p, const uint32_t *base, int64_t l, float *out,
-                              const float *inp, const float *bias, const float *resid, int64_t N,
-                              int64_t C, int64_t OC) {
-    if (!base || N > (p->packed_rows > 0 ? p->packed_rows : DR_SMALL_MATMUL_ROWS) || !dr_linear_forward_packed_ok())
-        return 0;
-    return dr_packed_matmul_bf16(out, inp, base + l * dr_packed_linear_size_bf16(C, OC), bias, resid, N, C, OC);
+// out = inp · Wᵀ + bias (+ resid) of a frozen linear layer: its bfloat16 pack (name##16) when
+// there is one for these rows, else dr_linear_forward (the fp32 pack `name`, or OpenBLAS).
+#define PACKED16(p, field, l, in, out) \
+    (PACKED_ROWS(p, N) && (p)->packed->field ? (p)->packed->field + (l) * dr_packed_linear_size_bf16(in, out) : NULL)
+static int bf16_linear(const uint32_t *pk16, float *out, const float *inp, const float *bias, const float *resid,
+                       int64_t N, int64_t C, int64_t OC) {
+    return pk16 && dr_linear_forward_packed_ok() && dr_packed_matmul_bf16(out, inp, pk16, bias, resid, N, C, OC);
 }
-#define BF16(p, field) ((p)->packed ? (p)->packed->field : NULL)
+#define FROZEN_LINEAR(p, name, l, out, inp, W, bias, resid, C, OC)                                   \
+    do {                                                                                           \
+        if (!bf16_linear(PACKED16(p, name##16, l, C, OC), out, inp, bias, resid, N, C, OC))          \
+            dr_linear_forward(out, inp, W, PACKED(p, name, l, C, OC), bias, resid, N, C, OC);        \
+    } while (0)
 
-// dinp (N,C) += dout (N,OC) · W (OC,C) of a frozen weight: through its bfloat16 or fp32
-// transposed pack when there is one for this N (layer l's slice of packed->field), else OpenBLAS.
-#define FROZEN_DINP(p, field, l, dinp, dout, W, N, C, OC)                                       \
-    do {                                                                                        \
-        if (bf16_linear(p, BF16(p, field##16), l, dinp, dout, NULL, dinp, N, OC, C)) break;      \
-        const float *pt_ = (p)->packed && (p)->packed->field &&                                 \
-                                   (N) <= ((p)->packed_rows > 0 ? (p)->packed_rows : DR_SMALL_MATMUL_ROWS) \
-                               ? (p)->packed->field + (l) * dr_packed_linear_size(OC, C)        \
-                               : NULL;                                                          \
-        if (!pt_ || !dr_linear_forward_packed_ok() ||                                           \
-            !dr_packed_matmul(dinp, dout, pt_, NULL, dinp, N, OC, C, 0))                        \
-            dr_matmul_backward(dinp, NULL, NULL, dout, NULL, W, N, C, OC);                      \
+// dinp (N,C) += dout (N,OC) · W (OC,C) of a frozen weight: the same choice over its transposed
+// packs (name##_t16, name##_t), with OpenBLAS's dinp product as the last resort.
+#define FROZEN_DINP(p, name, l, dinp, dout, W, C, OC)                                               \
+    do {                                                                                           \
+        if (bf16_linear(PACKED16(p, name##_t16, l, OC, C), dinp, dout, NULL, dinp, N, OC, C)) break; \
+        const float *p32_ = PACKED(p, name##_t, l, OC, C);                                          \
+        if (!p32_ || !dr_linear_forward_packed_ok() || !dr_packed_matmul(dinp, dout, p32_, NULL, dinp, N, OC, C, 0)) \
+            dr_matmul_backward(dinp, NULL, NULL, dout, NULL, W, N, C, OC);                         \
     } while (0)
 
 static void adapter_fwd(float *out, const dr_ext_acts *xa, float *scratch, const float *inp,
@@ -121,9 +120,7 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
         float *out = a->hidden + (l + 1) * N * C;
         const int64_t s = ext_slot(ext, l);
 
-        if (!bf16_linear(p, BF16(p, qkv16), l, qkv, x, p->qkv_b + l * 3 * C, NULL, N, C, 3 * C))
-            dr_linear_forward(qkv, x, p->qkv_w + l * 3 * C * C, PACKED(p, qkv, l, C, 3 * C), p->qkv_b + l * 3 * C,
-                              NULL, N, C, 3 * C);
+        FROZEN_LINEAR(p, qkv, l, qkv, x, p->qkv_w + l * 3 * C * C, p->qkv_b + l * 3 * C, NULL, C, 3 * C);
         for (int64_t k = 0; ext && k < ext->n_lora; k++) {
             for (int64_t j = 0; j < 2; j++) {  // query columns [0,C), value columns [2C,3C)
                 const int64_t idx = (k * L + l) * 2 + j;
@@ -133,24 +130,18 @@ void dr_bert_forward(dr_bert_acts *a, dr_ext_acts *xa, float *scratch, const dr_
             }
         }
         dr_attention_forward(atty, a->probs + l * PS, qkv, cu_seqlens, B, C, NH);
-        if (!bf16_linear(p, BF16(p, ao16), l, res1, atty, p->ao_b + l * C, x, N, C, C))
-            dr_linear_forward(res1, atty, p->ao_w + l * C * C, PACKED(p, ao, l, C, C), p->ao_b + l * C, x, N, C, C);
+        FROZEN_LINEAR(p, ao, l, res1, atty, p->ao_w + l * C * C, p->ao_b + l * C, x, C, C);
         dr_layernorm_forward(ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, res1,
                              p->ln1_w + l * C, p->ln1_b + l * C, N, C, eps);
-        if (!bf16_linear(p, BF16(p, fc16), l, fch, ln1, p->fc_b + l * I, NULL, N, C, I))
-            dr_linear_forward(fch, ln1, p->fc_w + l * I * C, PACKED(p, fc, l, C, I), p->fc_b + l * I, NULL, N, C, I);
+        FROZEN_LINEAR(p, fc, l, fch, ln1, p->fc_w + l * I * C, p->fc_b + l * I, NULL, C, I);
         dr_gelu_forward(fchg, fch, N * I);
         if (s >= 0 && ext->adapter_place == DR_ADAPTER_FFN) {
             float *fo = xa->a_inp + s * N * C;
-            if (!bf16_linear(p, BF16(p, proj16), l, fo, fchg, p->proj_b + l * C, NULL, N, I, C))
-                dr_linear_forward(fo, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, NULL,
-                                  N, I, C);
+            FROZEN_LINEAR(p, proj, l, fo, fchg, p->proj_w + l * C * I, p->proj_b + l * C, NULL, I, C);
             adapter_fwd(tmp, xa, ad_scratch, fo, ext, s, cu_seqlens, B, N, C);
             dr_residual_forward(res2, tmp, ln1, N * C);
         } else {
-            if (!bf16_linear(p, BF16(p, proj16), l, res2, fchg, p->proj_b + l * C, ln1, N, I, C))
-                dr_linear_forward(res2, fchg, p->proj_w + l * C * I, PACKED(p, proj, l, I, C), p->proj_b + l * C, ln1,
-                                  N, I, C);
+            FROZEN_LINEAR(p, proj, l, res2, fchg, p->proj_w + l * C * I, p->proj_b + l * C, ln1, I, C);
         }
         dr_layernorm_forward(ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, res2,
                              p->ln2_w + l * C, p->ln2_b + l * C, N, C, eps);
@@ -241,17 +232,17 @@ void dr_bert_backward(dr_bert_params *g, dr_bert_ext_grads *xg, float *dhidden_o
         }
         memset(dfch, 0, N * I * sizeof(float));  // holds d gelu-output first
         if (g) dr_matmul_backward(dfch, OFF(g->proj_w, l * C * I), OFF(g->proj_b, l * C), dfo, fchg, p->proj_w + l * C * I, N, I, C);
-        else FROZEN_DINP(p, proj_t, l, dfch, dfo, p->proj_w + l * C * I, N, I, C);
+        else FROZEN_DINP(p, proj, l, dfch, dfo, p->proj_w + l * C * I, I, C);
         for (int64_t i = 0; i < N * I; i++) dfch[i] *= dr_gelu_grad(fch[i]);  // GELU backward in place
         if (g) dr_matmul_backward(dln1, OFF(g->fc_w, l * I * C), OFF(g->fc_b, l * I), dfch, ln1, p->fc_w + l * I * C, N, C, I);
-        else FROZEN_DINP(p, fc_t, l, dln1, dfch, p->fc_w + l * I * C, N, C, I);
+        else FROZEN_DINP(p, fc, l, dln1, dfch, p->fc_w + l * I * C, C, I);
         memset(dres, 0, N * C * sizeof(float));
         dr_layernorm_backward(dres, g ? OFF(g->ln1_w, l * C) : NULL, g ? OFF(g->ln1_b, l * C) : NULL,
                               dln1, res1, p->ln1_w + l * C, a->ln1_mean + l * N, a->ln1_rstd + l * N, N, C);
         memcpy(dnext, dres, N * C * sizeof(float));  // residual into x
         memset(datty, 0, N * C * sizeof(float));
         if (g) dr_matmul_backward(datty, OFF(g->ao_w, l * C * C), OFF(g->ao_b, l * C), dres, atty, p->ao_w + l * C * C, N, C, C);
-        else FROZEN_DINP(p, ao_t, l, datty, dres, p->ao_w + l * C * C, N, C, C);
+        else FROZEN_DINP(p, ao, l, datty, dres, p->ao_w + l * C * C, C, C);
         memset(dqkv, 0, N * 3 * C * sizeof(float));
         dr_attention_backward(dqkv, att_scratch, datty, qkv, a->probs + l * PS, cu_seqlens, B, C, NH);
         for (int64_t k = 0; ext && k < ext->n_lora; k++) {
@@ -264,7 +255,7 @@ void dr_bert_backward(dr_bert_params *g, dr_bert_ext_grads *xg, float *dhidden_o
             }
         }
         if (g) dr_matmul_backward(dnext, OFF(g->qkv_w, l * 3 * C * C), OFF(g->qkv_b, l * 3 * C), dqkv, x, p->qkv_w + l * 3 * C * C, N, C, 3 * C);
-        else FROZEN_DINP(p, qkv_t, l, dnext, dqkv, p->qkv_w + l * 3 * C * C, N, C, 3 * C);
+        else FROZEN_DINP(p, qkv, l, dnext, dqkv, p->qkv_w + l * 3 * C * C, C, 3 * C);
         float *t = dcur; dcur = dnext; dnext = t;
     }
     if (stop_layer == 0 && g && (g->wte || g->wpe || g->wtt || g->ln_e_w || g->ln_e_b)) {
